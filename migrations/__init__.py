@@ -1,0 +1,1 @@
+"""Alembic migrations of the noetl schema (installed as `projector.migrations`)."""

@@ -1,0 +1,24 @@
+"""noetl-projector: durable history and exact step status for noetl execution events."""
+
+from .envelope import ExecutorEvent
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    EventConflict,
+    InvalidEnvelope,
+    ProjectorError,
+    SchemaMissing,
+    UnknownExecution,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EventConflict",
+    "ExecutorEvent",
+    "InvalidEnvelope",
+    "ProjectorError",
+    "SchemaMissing",
+    "UnknownExecution",
+]
+__version__ = "0.1.0"

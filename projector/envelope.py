@@ -1,0 +1,226 @@
+"""The `ExecutorEvent` envelope: one event emitted by a noetl executor, worker or CLI.
+
+The model accepts every spelling noetl producers use on the wire and normalises it:
+
+* the Rust seed's serde JSON (`execution_id`, `event_type`, `step`, `status`, `created_at` in RFC 3339
+  with `Z` and up to nanoseconds, `context`);
+* the later crate's integer `execution_id` / `event_id`, optional `worker_id` and `meta`, and
+  `payload` as an alias of `context`;
+* the Python `report_event` payload: `name` (= `event_type`), `node_name` / `node_id` (= `step`),
+  `payload` (= `context`), `meta`, `worker_id`.
+
+Integer ids become their exact decimal strings (63-bit snowflakes included; floats and booleans are
+rejected so that no id passes through a float). A naive `created_at` is read as UTC and an offset is
+converted to UTC; sub-microsecond digits are truncated (PostgreSQL keeps microseconds).
+
+Top-level fields the envelope does not know are never dropped: they are kept in
+`meta["unknown_fields"]`.
+
+Derived event ids
+-----------------
+When a producer sends no `event_id`, :meth:`ExecutorEvent.resolved_event_id` derives one from the
+content, so the same envelope emitted twice is the same row: the first 32 hex digits of the SHA-256 of
+the canonical JSON (keys sorted, no spaces, UTF-8) of the object
+``{"execution_id", "event_type", "step", "status", "created_at", "context", "worker_id", "meta"}``,
+with ``created_at`` written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, prefixed with ``sha256:``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+__all__ = ["ENVELOPE_FIELDS", "ExecutorEvent", "canonical_json", "format_timestamp"]
+
+JsonValue = Any
+
+#: The envelope's own field names, in wire order.
+ENVELOPE_FIELDS = (
+    "execution_id",
+    "event_id",
+    "event_type",
+    "step",
+    "status",
+    "created_at",
+    "context",
+    "worker_id",
+    "meta",
+)
+
+# Aliases, in order of precedence after the canonical name.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "event_type": ("name",),
+    "step": ("node_name", "node_id"),
+    "context": ("payload",),
+}
+_OPTIONAL_ON_WIRE = frozenset({"event_id", "worker_id", "meta", "status"})
+UNKNOWN_FIELDS_KEY = "unknown_fields"
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``, the form chrono's `DateTime<Utc>` reads."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: JsonValue) -> str:
+    """Deterministic JSON text: sorted keys, no insignificant white space, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _find_nul(value: JsonValue) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _find_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_find_nul(v) for v in value)
+    return False
+
+
+def _id_text(value: object, field: str, *, optional: bool) -> str | None:
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{field} is required")
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"{field} must be a string or an integer, not {type(value).__name__}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{field} must not be empty")
+        return value
+    raise ValueError(f"{field} must be a string or an integer, not {type(value).__name__}")
+
+
+class ExecutorEvent(BaseModel):
+    """One execution event, as stored in `noetl.event` (one column per field)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    execution_id: str = Field(description="Execution id; integers become exact decimal strings.")
+    event_id: str | None = Field(
+        default=None,
+        description="Producer's event id; derived from the content by the sinks when absent.",
+    )
+    event_type: str = Field(description="Event type, e.g. `command.completed` (`name` on the wire).")
+    step: str = Field(default="", description="Step name (`node_name`/`node_id` on the wire).")
+    status: str | None = Field(default=None, description="Status exactly as sent.")
+    created_at: datetime = Field(description="When the event was produced, always UTC.")
+    context: JsonValue = Field(default_factory=dict, description="Free-form JSON (`payload`).")
+    worker_id: str | None = None
+    meta: dict[str, JsonValue] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_spellings(cls, data: object) -> object:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an envelope must be a JSON object, not {type(data).__name__}")
+        out: dict[str, Any] = {}
+        used: set[str] = set()
+        for name in ENVELOPE_FIELDS:
+            for key in (name, *_ALIASES.get(name, ())):
+                if key in data:
+                    out[name] = data[key]
+                    used.add(key)
+                    break
+        # Unknown fields, and aliases that lost to another spelling, are content: keep them.
+        unknown = {k: v for k, v in data.items() if k not in used}
+        if unknown:
+            meta = out.get("meta")
+            if meta is None:
+                meta = {}
+            if not isinstance(meta, Mapping):
+                raise ValueError("meta must be a JSON object or null")
+            meta = dict(meta)
+            kept = meta.get(UNKNOWN_FIELDS_KEY)
+            if kept is not None and not isinstance(kept, Mapping):
+                raise ValueError(f"meta.{UNKNOWN_FIELDS_KEY} is reserved for unknown fields")
+            meta[UNKNOWN_FIELDS_KEY] = {**(kept or {}), **unknown}
+            out["meta"] = meta
+        out["execution_id"] = _id_text(out.get("execution_id"), "execution_id", optional=False)
+        out["event_id"] = _id_text(out.get("event_id"), "event_id", optional=True)
+        if out.get("step") is None:
+            out["step"] = ""
+        if "created_at" in out and not isinstance(out["created_at"], str | datetime):
+            raise ValueError("created_at must be an RFC 3339 timestamp string")
+        return out
+
+    @field_validator("event_type")
+    @classmethod
+    def _event_type_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("event_type must not be empty")
+        return value
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> ExecutorEvent:
+        # PostgreSQL text and jsonb cannot hold U+0000: reject it here, with the field's name,
+        # rather than fail a whole batch in the database.
+        for name in ENVELOPE_FIELDS:
+            if _find_nul(getattr(self, name)):
+                raise ValueError(f"{name} contains a NUL character (U+0000), which PostgreSQL rejects")
+        return self
+
+    @field_serializer("created_at")
+    def _ser_created_at(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # The Rust crate omits absent optional fields; so do we (context is always written).
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_ON_WIRE:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    def content(self) -> dict[str, JsonValue]:
+        """The envelope as a JSON-ready dict without `event_id`: what a derived id hashes."""
+        return {
+            "execution_id": self.execution_id,
+            "event_type": self.event_type,
+            "step": self.step,
+            "status": self.status,
+            "created_at": format_timestamp(self.created_at),
+            "context": self.context,
+            "worker_id": self.worker_id,
+            "meta": self.meta,
+        }
+
+    def resolved_event_id(self) -> str:
+        """`event_id` when the producer sent one, else the content-derived id (module docstring)."""
+        if self.event_id is not None:
+            return self.event_id
+        digest = hashlib.sha256(canonical_json(self.content()).encode("utf-8")).hexdigest()
+        return "sha256:" + digest[:32]
+
+    def with_event_id(self) -> ExecutorEvent:
+        """This envelope with `event_id` filled in (itself when it already has one)."""
+        if self.event_id is not None:
+            return self
+        return self.model_copy(update={"event_id": self.resolved_event_id()})

@@ -1,0 +1,110 @@
+"""The project's error types, and the one place that translates driver errors into them.
+
+Every error a user can meet derives from :class:`ProjectorError` and says what to do next.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import errors as pgerrors
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EventConflict",
+    "InvalidEnvelope",
+    "ProjectorError",
+    "SchemaMissing",
+    "UnknownExecution",
+    "is_transient",
+    "translate",
+]
+
+
+class ProjectorError(Exception):
+    """Base class of every error noetl-projector raises on purpose."""
+
+
+class ConfigurationError(ProjectorError):
+    """A setting is missing or malformed."""
+
+
+class DatabaseUnavailable(ProjectorError):
+    """PostgreSQL could not be reached, or dropped the connection, after all retries."""
+
+
+class SchemaMissing(ProjectorError):
+    """The `noetl` schema is absent or older than this code: run `projector db upgrade`."""
+
+
+class InvalidEnvelope(ProjectorError):
+    """One envelope could not be read; `position` says which (0-based index or line number)."""
+
+    def __init__(self, reason: str, position: int | None = None) -> None:
+        self.reason = reason
+        self.position = position
+        where = f" at position {position}" if position is not None else ""
+        super().__init__(f"invalid envelope{where}: {reason}")
+
+
+class EventConflict(ProjectorError):
+    """An event id was reused with different content; the stored row was left unchanged."""
+
+    def __init__(self, execution_id: str, event_id: str) -> None:
+        self.execution_id = execution_id
+        self.event_id = event_id
+        super().__init__(
+            f"event {event_id!r} of execution {execution_id!r} is already stored with different "
+            "content; the stored row was kept (give each distinct event its own event_id)"
+        )
+
+
+class UnknownExecution(ProjectorError):
+    """No event of this execution id is stored."""
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(f"no events are stored for execution {execution_id!r}")
+
+
+# SQLSTATE classes that mean "try again": connection exceptions, operator intervention (server
+# shutting down or restarting), insufficient resources, serialization failures and deadlocks.
+_TRANSIENT_CLASSES = ("08", "57", "53")
+_TRANSIENT_STATES = {"40001", "40P01", "55P03"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same transaction later may succeed."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        return False
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+
+
+def translate(exc: BaseException) -> ProjectorError:
+    """Map a psycopg (or pool) error to the project's error type, keeping the cause."""
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, ProjectorError):
+        return exc
+    if isinstance(exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction):
+        err: ProjectorError = SchemaMissing(
+            f"the noetl schema is missing or out of date ({exc.diag.message_primary}); "
+            "run `projector db upgrade` (or `alembic upgrade head`)"
+        )
+    elif isinstance(exc, PoolTimeout):
+        err = DatabaseUnavailable(
+            f"could not get a PostgreSQL connection in time ({exc}); is the server running and is "
+            "PROJECTOR_DATABASE_URL right?"
+        )
+    elif is_transient(exc):
+        err = DatabaseUnavailable(f"PostgreSQL is unavailable: {str(exc).strip()}")
+    else:
+        err = ProjectorError(f"database error: {str(exc).strip()}")
+    err.__cause__ = exc
+    return err

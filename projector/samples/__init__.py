@@ -1,0 +1,1 @@
+"""Sample noetl executions bundled for `projector demo` and the tests."""

@@ -1,0 +1,89 @@
+"""SQLAlchemy Core metadata: the single source of truth for the project's tables.
+
+Alembic migrations create what is described here, and `alembic check` (run in CI) fails when the two
+drift apart. Objects SQLAlchemy does not model (partitions, views, functions) are created by the
+migrations with the SQL in :mod:`projector.ddl`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
+
+SCHEMA = "noetl"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class XID8(UserDefinedType[Any]):
+    """PostgreSQL's 64-bit transaction id type (`xid8`), read and written as text."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+# Let reflection (alembic check) recognise the type instead of warning about it.
+postgresql.base.ischema_names["xid8"] = XID8
+
+metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+#: Every stored envelope. Range-partitioned by month on `created_at`; see README "Idempotency and
+#: partitions" for why the unique key carries `created_at` and how the sink keeps ids unique anyway.
+event = Table(
+    "event",
+    metadata,
+    Column("execution_id", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("step", Text, nullable=False, server_default=text("''")),
+    Column("status", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("worker_id", Text, nullable=True),
+    Column("meta", JSONB, nullable=True),
+    Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The inserting transaction's id: readers fence on it to never skip a row committed late.
+    Column("txid", XID8, nullable=False, server_default=text("pg_current_xact_id()")),
+    UniqueConstraint("execution_id", "event_id", "created_at"),
+    Index(None, "execution_id", "created_at"),
+    Index(None, "execution_id", "step", "created_at"),
+    Index(None, "txid"),
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+#: Input that could not be read as an envelope, kept verbatim with the reason.
+event_rejected = Table(
+    "event_rejected",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    # The input as text; bytes that are not UTF-8 (or hold NUL) are escaped here and kept exactly
+    # in `raw_bytes`.
+    Column("raw", Text, nullable=False),
+    Column("raw_bytes", postgresql.BYTEA, nullable=True),
+    Column("source", Text, nullable=False),
+    Column("position", BigInteger, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("rejected_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
