@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -82,14 +83,33 @@ def canonical_json(value: JsonValue) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _find_nul(value: JsonValue) -> bool:
+def _json_problem(value: JsonValue, path: str) -> str | None:
+    """Why `value` cannot be stored as jsonb (None when it can): non-JSON types, NaN, U+0000."""
+    if value is None or isinstance(value, bool | int):
+        return None
     if isinstance(value, str):
-        return "\x00" in value
+        return (
+            f"{path} contains a NUL character (U+0000), which PostgreSQL rejects"
+            if ("\x00" in value)
+            else None
+        )
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value}, which JSON cannot hold"
     if isinstance(value, dict):
-        return any("\x00" in k or _find_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_find_nul(v) for v in value)
-    return False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            problem = _json_problem(key, f"{path} key") or _json_problem(item, f"{path}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    return f"{path} holds a {type(value).__name__}, which is not JSON"
 
 
 def _id_text(value: object, field: str, *, optional: bool) -> str | None:
@@ -118,7 +138,9 @@ class ExecutorEvent(BaseModel):
         default=None,
         description="Producer's event id; derived from the content by the sinks when absent.",
     )
-    event_type: str = Field(description="Event type, e.g. `command.completed` (`name` on the wire).")
+    event_type: str = Field(
+        description="Event type, e.g. `command.completed` (`name` on the wire)."
+    )
     step: str = Field(default="", description="Step name (`node_name`/`node_id` on the wire).")
     status: str | None = Field(default=None, description="Status exactly as sent.")
     created_at: datetime = Field(description="When the event was produced, always UTC.")
@@ -176,12 +198,13 @@ class ExecutorEvent(BaseModel):
         return value.astimezone(UTC)
 
     @model_validator(mode="after")
-    def _no_nul(self) -> ExecutorEvent:
-        # PostgreSQL text and jsonb cannot hold U+0000: reject it here, with the field's name,
-        # rather than fail a whole batch in the database.
+    def _storable(self) -> ExecutorEvent:
+        # PostgreSQL text and jsonb cannot hold U+0000 and JSON has no NaN: reject such input
+        # here, naming the field, rather than fail a whole batch in the database.
         for name in ENVELOPE_FIELDS:
-            if _find_nul(getattr(self, name)):
-                raise ValueError(f"{name} contains a NUL character (U+0000), which PostgreSQL rejects")
+            problem = _json_problem(getattr(self, name), name) if name != "created_at" else None
+            if problem:
+                raise ValueError(problem)
         return self
 
     @field_serializer("created_at")

@@ -92,7 +92,9 @@ def translate(exc: BaseException) -> ProjectorError:
 
     if isinstance(exc, ProjectorError):
         return exc
-    if isinstance(exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction):
+    if isinstance(
+        exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction
+    ):
         err: ProjectorError = SchemaMissing(
             f"the noetl schema is missing or out of date ({exc.diag.message_primary}); "
             "run `projector db upgrade` (or `alembic upgrade head`)"

@@ -24,7 +24,9 @@ def alembic_config(stdout: io.TextIOBase | None = None) -> Config:
 
 
 def _run(url: str, fn: str, *args: str) -> None:
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS)
+    engine = create_engine(
+        sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS
+    )
     try:
         with engine.connect() as connection:
             cfg = alembic_config()
@@ -60,7 +62,9 @@ def head() -> str:
 
 def current(url: str) -> str | None:
     """The database's revision, or None when it was never migrated."""
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS)
+    engine = create_engine(
+        sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS
+    )
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
