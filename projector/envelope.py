@@ -2,8 +2,8 @@
 
 The model accepts every spelling noetl producers use on the wire and normalises it:
 
-* the Rust seed's serde JSON (`execution_id`, `event_type`, `step`, `status`, `created_at` in RFC 3339
-  with `Z` and up to nanoseconds, `context`);
+* the Rust seed's serde JSON (`execution_id`, `event_type`, `step`, `status`, `created_at` in
+  RFC 3339 with `Z` and up to nanoseconds, `context`);
 * the later crate's integer `execution_id` / `event_id`, optional `worker_id` and `meta`, and
   `payload` as an alias of `context`;
 * the Python `report_event` payload: `name` (= `event_type`), `node_name` / `node_id` (= `step`),
@@ -19,8 +19,8 @@ Top-level fields the envelope does not know are never dropped: they are kept in
 Derived event ids
 -----------------
 When a producer sends no `event_id`, :meth:`ExecutorEvent.resolved_event_id` derives one from the
-content, so the same envelope emitted twice is the same row: the first 32 hex digits of the SHA-256 of
-the canonical JSON (keys sorted, no spaces, UTF-8) of the object
+content, so the same envelope emitted twice is the same row: the first 32 hex digits of the
+SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the object
 ``{"execution_id", "event_type", "step", "status", "created_at", "context", "worker_id", "meta"}``,
 with ``created_at`` written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, prefixed with ``sha256:``.
 """
@@ -83,16 +83,23 @@ def canonical_json(value: JsonValue) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _text_problem(value: str, path: str) -> str | None:
+    if "\x00" in value:
+        return f"{path} contains a NUL character (U+0000), which PostgreSQL rejects"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path} contains a lone surrogate, which is not valid UTF-8"
+    return None
+
+
 def _json_problem(value: JsonValue, path: str) -> str | None:
     """Why `value` cannot be stored as jsonb (None when it can): non-JSON types, NaN, U+0000."""
     if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, str):
-        return (
-            f"{path} contains a NUL character (U+0000), which PostgreSQL rejects"
-            if ("\x00" in value)
-            else None
-        )
+        return _text_problem(value, path)
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} is {value}, which JSON cannot hold"
     if isinstance(value, dict):
@@ -117,7 +124,7 @@ def _id_text(value: object, field: str, *, optional: bool) -> str | None:
         if optional:
             return None
         raise ValueError(f"{field} is required")
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError(f"{field} must be a string or an integer, not {type(value).__name__}")
     if isinstance(value, int):
         return str(value)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from importlib import resources
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -16,7 +16,7 @@ from .database import CONNECT_KWARGS, sqlalchemy_url
 __all__ = ["alembic_config", "check", "current", "head", "upgrade"]
 
 
-def alembic_config(stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(stdout: TextIO | None = None) -> Config:
     """An alembic Config pointing at the migrations shipped inside the package."""
     cfg = Config(stdout=stdout) if stdout is not None else Config()
     cfg.set_main_option("script_location", str(resources.files("projector.migrations")))

@@ -5,11 +5,11 @@ How one batch is written (one transaction, retried as a whole):
 1. Envelopes are validated; the ones that fail go to `noetl.event_rejected` with their position and
    reason, and the rest of the batch is stored.
 2. Transaction-level advisory locks are taken on the batch's execution ids (hashed into
-   :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes them,
-   so the check below cannot race with another sink.
+   :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes
+   them, so the check below cannot race with another sink.
 3. One indexed lookup finds which `(execution_id, event_id)` pairs are already stored, in any
-   partition. Identical content is a duplicate; different content is a conflict: reported, the stored
-   row left unchanged.
+   partition. Identical content is a duplicate; different content is a conflict: reported, the
+   stored row left unchanged.
 4. Only the new rows are written, with binary `COPY`; one payload-free NOTIFY wakes projectors.
 
 Retries: transient failures (connection lost, server restarting, serialization failures, a unique
@@ -255,15 +255,18 @@ def _lookup(keys: list[tuple[str, str]]) -> tuple[str, tuple[str | list[str], ..
     return _LOOKUP_JOINED, (KEY_SEPARATOR.join(executions), KEY_SEPARATOR.join(event_ids))
 
 
+def _json_value(value: Any) -> Any:
+    return value.obj if isinstance(value, Jsonb) else value
+
+
 def _same_content(stored: Sequence[Any], row: Row) -> bool:
-    # Columns 2..8 of both: type, step, status, created_at, context, worker_id, meta.
-    new_context = None if isinstance(row[6], Jsonb) else row[6]
-    return (
+    """Whether two rows (stored or about to be) hold the same envelope apart from their key."""
+    return bool(
         stored[2] == row[2]
         and stored[3] == row[3]
         and stored[4] == row[4]
         and stored[5] == row[5]
-        and stored[6] == new_context
+        and _json_value(stored[6]) == _json_value(row[6])
         and stored[7] == row[7]
         and stored[8] == row[8]
     )
@@ -281,8 +284,8 @@ class PostgresEventSink:
     Parameters: `max_pool_size` connections at most (default 4); `batch_size` events per transaction
     (default 2,000); `max_pending` events queued by `emit` before callers wait (default 10,000);
     `flushers` concurrent group-commit transactions (default 2); `retry_for` seconds of retrying a
-    transient failure before raising `DatabaseUnavailable` (default 60); `connect_timeout` seconds to
-    wait for the first connection (default 10).
+    transient failure before raising `DatabaseUnavailable` (default 60); `connect_timeout` seconds
+    to wait for the first connection (default 10).
     """
 
     def __init__(
@@ -542,6 +545,7 @@ class PostgresEventSink:
                     assert begin is not None
                     earlier_txids.add(str(begin[0]))
                     fresh: list[_Pending] = []
+                    stored: dict[tuple[str, str], Any] = {}
                     if first:
                         await cur.execute(*_lookup(list(first)), binary=True)
                         stored = {(r[0], r[1]): r for r in await cur.fetchall()}
@@ -571,8 +575,12 @@ class PostgresEventSink:
             except pgerrors.DataError as exc:
                 raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
         for p in later:
-            winner = first[(p.row[0], p.row[1])]
-            if _same_content(winner.row, p.row):
+            # Compare with the stored row when there was one, else with the row this batch wrote.
+            key = (p.row[0], p.row[1])
+            hit = stored.get(key)
+            if hit is not None and hit[9] in earlier_txids:
+                hit = None
+            if _same_content(hit if hit is not None else first[key].row, p.row):
                 new_outcomes[p.index] = "duplicate"
             else:
                 new_outcomes[p.index] = "conflict"
