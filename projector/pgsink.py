@@ -93,23 +93,49 @@ _BEGIN = (
     " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(%s, b)"
     "  FROM (SELECT unnest(%s::int[]) AS b ORDER BY 1) o) l)"
 )
-_LOOKUP_COLUMNS = (
-    "SELECT e.execution_id, e.event_id, e.event_type, e.step, e.status, e.created_at, e.context,"
-    " e.worker_id, e.meta, e.txid::text"
+# Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
+# LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
+# join would scan the whole table.
+_LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid"
+_LOOKUP_JOIN = (
+    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text"
+    " FROM noetl.event x WHERE x.execution_id = k.execution_id AND x.event_id = k.event_id"
+    " OFFSET 0) e"
 )
-_LOOKUP_JOIN = " JOIN noetl.event e ON e.execution_id = k.execution_id AND e.event_id = k.event_id"
-# Keys travel as two strings joined by U+001F: parsing them server-side is about twice as fast as
-# binding two text[] parameters. Keys that contain U+001F use the array form.
-KEY_SEPARATOR = "\x1f"
-_LOOKUP_JOINED = (
-    _LOOKUP_COLUMNS + " FROM unnest(string_to_array(%s, E'\\x1f'), string_to_array(%s, E'\\x1f'))"
-    " AS k(execution_id, event_id)" + _LOOKUP_JOIN
+# Values travel as strings joined by U+001F (U+001E marks NULL): parsing them server-side is about
+# twice as fast as binding text[] parameters. Values containing either character use arrays.
+SEPARATOR = "\x1f"
+NULL_MARK = "\x1e"
+_JOINED = "string_to_array(%s, E'\\x1f', E'\\x1e')"
+_ARRAY = "%s::text[]"
+_KEY_COLUMNS = "k(execution_id, event_id)"
+
+
+def _lookup_sql(unnest: str) -> str:
+    return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{_LOOKUP_JOIN}"
+
+
+# Phase 2, only for keys stored with the same created_at: which of them differ in content. The
+# comparison runs in the server (jsonb equality), so a duplicate costs no row transfer.
+_COMPARE_COLUMNS = (
+    "k(execution_id, event_id, created_at, event_type, step, status, context, worker_id, meta, i)"
 )
-_LOOKUP_ARRAYS = (
-    _LOOKUP_COLUMNS
-    + " FROM unnest(%s::text[], %s::text[]) AS k(execution_id, event_id)"
-    + _LOOKUP_JOIN
+_COMPARE_WHERE = (
+    " CROSS JOIN LATERAL (SELECT * FROM noetl.event x WHERE x.execution_id = k.execution_id"
+    " AND x.event_id = k.event_id AND x.created_at = k.created_at::timestamptz LIMIT 1) e"
+    " WHERE e.event_type IS DISTINCT FROM k.event_type OR e.step IS DISTINCT FROM k.step"
+    " OR e.status IS DISTINCT FROM k.status OR e.context IS DISTINCT FROM k.context::jsonb"
+    " OR e.worker_id IS DISTINCT FROM k.worker_id OR e.meta IS DISTINCT FROM k.meta::jsonb"
 )
+
+
+def _compare_sql(unnest: str) -> str:
+    columns = ", ".join([unnest] * 9)
+    return (
+        f"SELECT k.i FROM unnest({columns}) WITH ORDINALITY AS {_COMPARE_COLUMNS}{_COMPARE_WHERE}"
+    )
+
+
 _REJECT = (
     "INSERT INTO noetl.event_rejected (raw, raw_bytes, source, position, reason)"
     " VALUES (%s, %s, %s, %s, %s)"
@@ -247,12 +273,24 @@ def _row(event: ExecutorEvent, event_id: str) -> Row:
     )
 
 
-def _lookup(keys: list[tuple[str, str]]) -> tuple[str, tuple[str | list[str], ...]]:
-    executions = [k[0] for k in keys]
-    event_ids = [k[1] for k in keys]
-    if any(KEY_SEPARATOR in x for x in executions) or any(KEY_SEPARATOR in x for x in event_ids):
-        return _LOOKUP_ARRAYS, (executions, event_ids)
-    return _LOOKUP_JOINED, (KEY_SEPARATOR.join(executions), KEY_SEPARATOR.join(event_ids))
+def _columns_param(columns: list[list[str | None]]) -> tuple[str, tuple[object, ...]]:
+    """Bind equally long text columns: joined strings when safe, else text[] arrays."""
+    safe = all(
+        v is None or (SEPARATOR not in v and NULL_MARK not in v) for col in columns for v in col
+    )
+    if safe:
+        joined = tuple(
+            SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
+        )
+        return _JOINED, joined
+    return _ARRAY, tuple(columns)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    dumped = _dumps(value.obj if isinstance(value, Jsonb) else value)
+    return dumped.decode("utf-8") if isinstance(dumped, bytes) else dumped
 
 
 def _json_value(value: Any) -> Any:
@@ -524,18 +562,15 @@ class PostgresEventSink:
         state: _Outcomes,
         earlier_txids: set[str],
     ) -> None:
-        # In-batch duplicates first: the first occurrence of a key is the one written.
+        # Within the batch, the first occurrence of a key is the one written.
         first: dict[tuple[str, str], _Pending] = {}
-        later: list[_Pending] = []
         for p in pending:
-            key = (p.row[0], p.row[1])
-            if key in first:
-                later.append(p)
-            else:
-                first[key] = p
+            first.setdefault((p.row[0], p.row[1]), p)
         buckets = sorted({zlib.crc32(k[0].encode()) % LOCK_BUCKETS for k in first})
         new_outcomes: dict[int, Outcome] = {}
         conflicts: list[tuple[str, str]] = []
+        stored: dict[tuple[str, str], Any] = {}
+        changed: set[int] = set()
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
@@ -545,22 +580,15 @@ class PostgresEventSink:
                     assert begin is not None
                     earlier_txids.add(str(begin[0]))
                     fresh: list[_Pending] = []
-                    stored: dict[tuple[str, str], Any] = {}
                     if first:
-                        await cur.execute(*_lookup(list(first)), binary=True)
+                        keys = list(first)
+                        unnest, params = _columns_param(
+                            [[k[0] for k in keys], [k[1] for k in keys]]
+                        )
+                        await cur.execute(_lookup_sql(unnest), params, binary=True)
                         stored = {(r[0], r[1]): r for r in await cur.fetchall()}
-                        for key, p in first.items():
-                            hit = stored.get(key)
-                            if hit is None:
-                                fresh.append(p)
-                                new_outcomes[p.index] = "inserted"
-                            elif hit[9] in earlier_txids:  # ours: an earlier attempt committed
-                                new_outcomes[p.index] = "inserted"
-                            elif _same_content(hit, p.row):
-                                new_outcomes[p.index] = "duplicate"
-                            else:
-                                new_outcomes[p.index] = "conflict"
-                                conflicts.append(key)
+                        fresh = [p for key, p in first.items() if key not in stored]
+                        changed = await self._changed(cur, pending, stored, earlier_txids)
                     if fresh:
                         async with cur.copy(_COPY) as copy:
                             copy.set_types(_COPY_TYPES)
@@ -574,20 +602,59 @@ class PostgresEventSink:
                         )
             except pgerrors.DataError as exc:
                 raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
-        for p in later:
-            # Compare with the stored row when there was one, else with the row this batch wrote.
+        for p in pending:
             key = (p.row[0], p.row[1])
             hit = stored.get(key)
-            if hit is not None and hit[9] in earlier_txids:
-                hit = None
-            if _same_content(hit if hit is not None else first[key].row, p.row):
+            if hit is None or hit[3] in earlier_txids:  # new, or ours from a lost COMMIT
+                winner = first[key]
+                if p is winner or _same_content(winner.row, p.row):
+                    new_outcomes[p.index] = "inserted" if p is winner else "duplicate"
+                    continue
+            elif p.index not in changed:
                 new_outcomes[p.index] = "duplicate"
-            else:
-                new_outcomes[p.index] = "conflict"
-                conflicts.append((p.row[0], p.row[1]))
+                continue
+            new_outcomes[p.index] = "conflict"
+            conflicts.append(key)
         for index, outcome in new_outcomes.items():
             state.outcomes[index] = outcome
         state.conflicts.extend(conflicts)
+
+    @staticmethod
+    async def _changed(
+        cur: psycopg.AsyncCursor[Any],
+        pending: list[_Pending],
+        stored: dict[tuple[str, str], Any],
+        earlier_txids: set[str],
+    ) -> set[int]:
+        """Indexes of items whose key is stored (not by us) with different content."""
+        changed: set[int] = set()
+        candidates: list[_Pending] = []
+        for p in pending:
+            hit = stored.get((p.row[0], p.row[1]))
+            if hit is None or hit[3] in earlier_txids:
+                continue
+            if hit[2] != p.row[5]:  # another created_at: another partition, surely different
+                changed.add(p.index)
+            else:
+                candidates.append(p)
+        if candidates:
+            rows = [p.row for p in candidates]
+            unnest, params = _columns_param(
+                [
+                    [r[0] for r in rows],
+                    [r[1] for r in rows],
+                    [r[5].isoformat() for r in rows],
+                    [r[2] for r in rows],
+                    [r[3] for r in rows],
+                    [r[4] for r in rows],
+                    [_json_text(r[6]) for r in rows],
+                    [r[7] for r in rows],
+                    [_json_text(r[8]) for r in rows],
+                ]
+            )
+            await cur.execute(_compare_sql(unnest), params)
+            changed.update(candidates[int(r[0]) - 1].index for r in await cur.fetchall())
+        return changed
 
     # -- group commit ----------------------------------------------------------------------------
 
