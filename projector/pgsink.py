@@ -293,6 +293,11 @@ def _json_text(value: Any) -> str | None:
     return dumped.decode("utf-8") if isinstance(dumped, bytes) else dumped
 
 
+def _bucket(execution_id: str) -> int:
+    """The advisory-lock bucket of an execution id (stable across processes and versions)."""
+    return zlib.crc32(execution_id.encode("utf-8")) % LOCK_BUCKETS
+
+
 def _json_value(value: Any) -> Any:
     return value.obj if isinstance(value, Jsonb) else value
 
@@ -321,7 +326,9 @@ class PostgresEventSink:
 
     Parameters: `max_pool_size` connections at most (default 4); `batch_size` events per transaction
     (default 2,000); `max_pending` events queued by `emit` before callers wait (default 10,000);
-    `flushers` concurrent group-commit transactions (default 2); `retry_for` seconds of retrying a
+    `flushers` concurrent group-commit transactions (default 2); `lanes` concurrent transactions
+    per `emit_many` call (default 2; events are split between them by execution id so they never
+    wait on each other's locks); `retry_for` seconds of retrying a
     transient failure before raising `DatabaseUnavailable` (default 60); `connect_timeout` seconds
     to wait for the first connection (default 10).
     """
@@ -334,14 +341,16 @@ class PostgresEventSink:
         batch_size: int = 2000,
         max_pending: int = 10_000,
         flushers: int = 2,
+        lanes: int = 2,
         retry_for: float = 60.0,
         connect_timeout: float = 10.0,
         application_name: str = "noetl-projector",
     ) -> None:
-        if batch_size < 1 or max_pending < 1 or flushers < 1 or max_pool_size < 1:
-            raise ValueError("batch_size, max_pending, flushers and max_pool_size must be >= 1")
+        if min(batch_size, max_pending, flushers, lanes, max_pool_size) < 1:
+            raise ValueError("batch_size, max_pending, flushers, lanes, max_pool_size must be >= 1")
         self.url = url
         self.batch_size = batch_size
+        self.lanes = lanes
         self.retry_for = retry_for
         self.connect_timeout = connect_timeout
         self._flusher_count = flushers
@@ -437,15 +446,17 @@ class PostgresEventSink:
         """Store a batch; invalid items are rejected (kept in noetl.event_rejected), never fatal.
 
         Items may be envelopes, raw JSON (`RawEnvelope`) or mappings. Written in transactions of
-        `batch_size`; returns after the last one commits.
+        `batch_size`, `lanes` of them at a time; returns after the last one commits. At most
+        `batch_size * lanes` items are held at once, whatever the length of `items`.
         """
         if self._closed or self._queue is None:
             raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
         result = BatchResult()
+        window = self.batch_size * self.lanes
         chunk: list[ExecutorEvent | RawEnvelope | Mapping[str, Any]] = []
         for item in items:
             chunk.append(item)
-            if len(chunk) >= self.batch_size:
+            if len(chunk) >= window:
                 result.extend(await self._write_items(chunk, source))
                 chunk = []
         if chunk or not result.outcomes:
@@ -494,7 +505,21 @@ class PostgresEventSink:
     ) -> BatchResult:
         pending, rejects = self._prepare(items, source)
         state = _Outcomes([None] * len(items))
-        await self._commit(pending, rejects, state)
+        # Split by lock bucket: lanes never wait for each other's advisory locks, so their
+        # transactions really run side by side (one fills its COPY while another is looked up).
+        lanes: list[list[_Pending]] = [[] for _ in range(self.lanes)]
+        for p in pending:
+            lanes[_bucket(p.row[0]) % self.lanes].append(p)
+        done = await asyncio.gather(
+            *(
+                self._write_lane(lane, rejects if n == 0 else [], state)
+                for n, lane in enumerate(lanes)
+            ),
+            return_exceptions=True,
+        )
+        for lane_result in done:
+            if isinstance(lane_result, BaseException):
+                raise lane_result
         result = BatchResult(conflict_ids=state.conflicts)
         for i, outcome in enumerate(state.outcomes):
             if outcome == "inserted":
@@ -511,6 +536,13 @@ class PostgresEventSink:
         ]
         result.outcomes = [o if o is not None else "rejected" for o in state.outcomes]
         return result
+
+    async def _write_lane(
+        self, lane: list[_Pending], rejects: list[_Reject], state: _Outcomes
+    ) -> None:
+        for start in range(0, max(len(lane), 1), self.batch_size):
+            await self._commit(lane[start : start + self.batch_size], rejects, state)
+            rejects = []
 
     async def _commit(
         self, pending: list[_Pending], rejects: list[_Reject], state: _Outcomes
@@ -566,7 +598,7 @@ class PostgresEventSink:
         first: dict[tuple[str, str], _Pending] = {}
         for p in pending:
             first.setdefault((p.row[0], p.row[1]), p)
-        buckets = sorted({zlib.crc32(k[0].encode()) % LOCK_BUCKETS for k in first})
+        buckets = sorted({_bucket(k[0]) for k in first})
         new_outcomes: dict[int, Outcome] = {}
         conflicts: list[tuple[str, str]] = []
         stored: dict[tuple[str, str], Any] = {}
