@@ -275,7 +275,10 @@ async def test_rebuild_equals_views(aconn: Conn, database_url: str) -> None:
         await conn.close()
     assert (result.steps, result.executions) == (7, 2)
     await assert_tables_equal_views(aconn, events)
-    assert await Projector(database_url).once() == 0  # the rebuild moved the checkpoint
+    # The rebuild moved the checkpoint to its fence (rows above a fence held back by another
+    # session's transaction are read again, harmlessly).
+    assert await Projector(database_url).once() <= len(events)
+    await assert_tables_equal_views(aconn, events)
     more = trace("r3")
     await insert_events(aconn, more)
     assert await Projector(database_url).once() == len(more)
