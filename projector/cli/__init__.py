@@ -19,7 +19,13 @@ from types import ModuleType
 
 from ..database import database_url, embedded_data_dir, embedded_server
 from ..errors import ProjectorError
-from . import db_commands, demo_commands, ingest_commands
+from . import (
+    db_commands,
+    demo_commands,
+    ingest_commands,
+    project_commands,
+    status_commands,
+)
 
 EXIT_OK = 0
 EXIT_DATA = 1
@@ -27,7 +33,13 @@ EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
 
 #: Modules that add subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[ModuleType, ...] = (demo_commands, db_commands, ingest_commands)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    demo_commands,
+    db_commands,
+    ingest_commands,
+    status_commands,
+    project_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,13 @@ from importlib import resources
 from typing import Any
 
 import psycopg
-from rich.console import Console
 from rich.table import Table
 
 from .. import migrate
 from ..database import CONNECT_KWARGS
 from ..ingest import ingest
 from ..pgsink import PostgresEventSink
+from .status_commands import output_console, print_status_tables
 
 SAMPLES = ("success", "retried", "failed")
 
@@ -22,17 +22,17 @@ SAMPLES = ("success", "retried", "failed")
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="migrate, ingest three sample executions and print their events",
+        help="migrate, ingest three sample executions, print their events and step status",
         description="Migrate the database, ingest the bundled samples (a successful run, a run "
         "with a retried step, a failed run; written in the Rust seed's, the later crate's and "
-        "the Python producer's spellings) and print each execution's events. Safe to repeat: "
-        "the second run stores nothing new.",
+        "the Python producer's spellings), print each execution's events and then the status of "
+        "every step. Safe to repeat: the second run stores nothing new.",
     )
     p.set_defaults(handler=demo)
 
 
 async def demo(args: argparse.Namespace, db: str) -> int:
-    console = Console()
+    console = output_console()
     await asyncio.to_thread(migrate.upgrade, db)
     console.print(f"[bold]schema[/bold] at revision {migrate.head()}")
     execution_ids: list[str] = []
@@ -67,4 +67,6 @@ async def demo(args: argparse.Namespace, db: str) -> int:
                     worker or "",
                 )
             console.print(table)
+    console.print("[bold]step status[/bold] (from the noetl.step_status view)")
+    await print_status_tables(db, execution_ids, console)
     return 0
