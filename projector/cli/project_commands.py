@@ -67,7 +67,14 @@ async def rebuild_command(args: argparse.Namespace, db: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `project` and `rebuild` to the command line."""
     p = subparsers.add_parser(
-        "project", help="keep noetl.step_state / execution_state up to date from the event log"
+        "project",
+        help="keep noetl.step_state / execution_state up to date from the event log",
+        description="Project new events into noetl.step_state and noetl.execution_state, "
+        "checkpointing in the same transaction. Runs until SIGINT/SIGTERM (finishing the "
+        "transaction in progress); wakes on the sink's NOTIFY, polls as a fallback. Several "
+        "instances may run: an advisory lock lets one work at a time. Reads rows by "
+        "transaction-id fence, so a long-open transaction anywhere on the server delays "
+        "projection (never loses events).",
     )
     p.add_argument("--once", action="store_true", help="catch up, then exit")
     p.add_argument(
@@ -82,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
     p.set_defaults(handler=project_command)
 
-    p = subparsers.add_parser("rebuild", help="recompute the state tables from the event log")
+    p = subparsers.add_parser(
+        "rebuild",
+        help="recompute the state tables from the event log",
+        description="Recompute noetl.step_state and noetl.execution_state from noetl.event with "
+        "set-based SQL in one transaction (readers see the old rows until it commits) and move "
+        "the projector's checkpoint. Use after changing the rules or restoring a backup.",
+    )
     p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
     p.set_defaults(handler=rebuild_command)

@@ -265,18 +265,38 @@ def _positive(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `status`, `history` and `executions` to the command line."""
-    p = subparsers.add_parser("status", help="step status of one execution (exact, from the views)")
-    p.add_argument("execution_id")
+    p = subparsers.add_parser(
+        "status",
+        help="step status of one execution (exact, from the views)",
+        description="Print the execution's status, then one row per step: status, attempts, "
+        "started, duration, error. Read from noetl.step_status / noetl.execution_status, so it "
+        "is exact whether or not `projector project` has run. Exit 1 for an unknown execution.",
+        epilog="example: projector status 7288213371283718001 --json",
+    )
+    p.add_argument("execution_id", help="the execution id (as stored: integers as decimal text)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=status_command)
 
-    p = subparsers.add_parser("history", help="the events of one execution, in fold order")
-    p.add_argument("execution_id")
+    p = subparsers.add_parser(
+        "history",
+        help="the events of one execution, in fold order",
+        description="Print every stored event of an execution in the order the status rules "
+        "read them (created_at, terminal first, event_id), with the raw and normalised status "
+        "and the explicit attempt. Exit 1 for an unknown execution.",
+        epilog="example: projector history demo-failed --step copy_users",
+    )
+    p.add_argument("execution_id", help="the execution id")
     p.add_argument("--step", default=None, help="only this step's events")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=history_command)
 
-    p = subparsers.add_parser("executions", help="executions, newest first")
+    p = subparsers.add_parser(
+        "executions",
+        help="executions, newest first",
+        description="List executions newest first with their status and step counts; exact "
+        "even before `projector project` has caught up.",
+        epilog="example: projector executions --status FAILED --limit 5",
+    )
     p.add_argument("--status", default=None, help="only executions with this status")
     p.add_argument("--limit", type=_positive, default=20, help="at most N rows (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
