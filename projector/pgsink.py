@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from .channels import NOTIFY_CHANNEL
 from .database import CONNECT_KWARGS
-from .envelope import ExecutorEvent
+from .envelope import ENVELOPE_FIELDS, ExecutorEvent
 from .errors import (
     DatabaseUnavailable,
     EventConflict,
@@ -73,17 +73,8 @@ Outcome = Literal["inserted", "duplicate", "conflict", "rejected"]
 LOCK_CLASS = 0x6E6F  # "no"
 LOCK_BUCKETS = 1024
 
-_COLUMNS = (
-    "execution_id",
-    "event_id",
-    "event_type",
-    "step",
-    "status",
-    "created_at",
-    "context",
-    "worker_id",
-    "meta",
-)
+# noetl.event's columns mirror the envelope's fields, in the same order (see `_row`).
+_COLUMNS = ENVELOPE_FIELDS
 _COPY_TYPES = ["text", "text", "text", "text", "text", "timestamptz", "jsonb", "text", "jsonb"]
 _COPY = f"COPY noetl.event ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # The transaction id (to recognise our own rows after a lost COMMIT) and the advisory locks, in one
