@@ -300,3 +300,31 @@ async def test_run_wakes_on_notify(aconn: Conn, database_url: str) -> None:
         await aconn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(NOTIFY_CHANNEL)))
         await asyncio.wait_for(task, 30)
     await assert_tables_equal_views(aconn, events)
+
+
+async def test_live_projector_with_the_real_sink(aconn: Conn, database_url: str) -> None:
+    """Two sinks write concurrently (group commit and batches) while two projectors run."""
+    from projector.pgsink import PostgresEventSink
+
+    executions = [trace(f"live-{i}", n_steps=4, offset=i) for i in range(60)]
+    flat = [e for ex in executions for e in ex]
+    stop = asyncio.Event()
+    projectors = [Projector(database_url, poll_interval=0.2, max_events=150) for _ in range(2)]
+    running = [asyncio.create_task(p.run(stop)) for p in projectors]
+    async with (
+        PostgresEventSink(database_url, batch_size=100) as one,
+        PostgresEventSink(database_url) as two,
+    ):
+        await asyncio.gather(
+            one.emit_many(flat[::2]),
+            *(two.emit(e) for e in flat[1::2]),
+            one.emit_many(reversed(flat)),  # all duplicates or racing the others
+        )
+    await eventually(lambda: projected(aconn, "live-59"))
+    stop.set()
+    await asyncio.gather(*running)
+    await Projector(database_url).once()  # whatever the running ones had not reached yet
+    await assert_tables_equal_views(aconn)
+    steps, execs = fold_all(flat)
+    assert await read_steps(aconn, "noetl.step_state") == steps
+    assert await read_executions(aconn, "noetl.execution_state") == execs
