@@ -78,6 +78,8 @@ def test_db_commands(empty_database_url: str, capsys: pytest.CaptureFixture[str]
     assert "up to date" in capsys.readouterr().out
     assert run(["--database-url", url, "db", "partitions", "--ahead", "12"]) == 0
     assert "created" in capsys.readouterr().out
+    # The option is also accepted after the subcommand.
+    assert run(["db", "current", "--database-url", url]) == 0
 
 
 def test_bad_database_url_is_a_usage_level_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -67,7 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    _accept_everywhere(parser, "--database-url")
     return parser
+
+
+def _accept_everywhere(parser: argparse.ArgumentParser, option: str) -> None:
+    """Let every subcommand take `option` too (`projector status X --database-url URL`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                sub.add_argument(
+                    option, metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                )
+                _accept_everywhere(sub, option)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
