@@ -13,8 +13,11 @@ __all__ = [
     "DatabaseUnavailable",
     "EventConflict",
     "InvalidEnvelope",
+    "NatsUnavailable",
     "ProjectorError",
+    "PublishRejected",
     "SchemaMissing",
+    "StreamMissing",
     "UnknownExecution",
     "is_transient",
     "translate",
@@ -67,6 +70,18 @@ class UnknownExecution(ProjectorError):
         super().__init__(f"no events are stored for execution {execution_id!r}")
 
 
+class NatsUnavailable(ProjectorError):
+    """NATS could not be reached, or JetStream did not answer in time (nothing was acknowledged)."""
+
+
+class PublishRejected(ProjectorError):
+    """JetStream answered a publish with an error (no stream for the subject, limits reached)."""
+
+
+class StreamMissing(ConfigurationError):
+    """The JetStream stream does not exist: run `projector nats init` (or pass create_stream)."""
+
+
 # SQLSTATE classes that mean "try again": connection exceptions, operator intervention (server
 # shutting down or restarting), insufficient resources, serialization failures and deadlocks.
 _TRANSIENT_CLASSES = ("08", "57", "53")
@@ -92,7 +107,9 @@ def translate(exc: BaseException) -> ProjectorError:
 
     if isinstance(exc, ProjectorError):
         return exc
-    if isinstance(exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction):
+    if isinstance(
+        exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction
+    ):
         err: ProjectorError = SchemaMissing(
             f"the noetl schema is missing or out of date ({exc.diag.message_primary}); "
             "run `projector db upgrade` (or `alembic upgrade head`)"
