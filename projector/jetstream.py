@@ -11,6 +11,11 @@ not a printable ASCII character other than ``.``, ``*``, ``>`` and ``%`` is writ
 would exceed :data:`MAX_TOKEN_LENGTH` characters become ``%H`` followed by 40 hex digits of their
 SHA-256 (``%H`` never appears in an escaped id, so such tokens cannot collide with short ones).
 
+Message ids
+-----------
+The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above and
+joined by a dot, because event ids need only be unique within their execution.
+
 Stream
 ------
 :func:`ensure_stream` creates the stream (default ``NOETL_EVENTS`` over ``noetl.events.>``) with
@@ -44,6 +49,7 @@ __all__ = [
     "StreamLimits",
     "connect",
     "ensure_stream",
+    "msg_id",
     "subject_for",
     "subject_token",
     "translate_nats",
@@ -79,6 +85,16 @@ def subject_token(execution_id: str) -> str:
 def subject_for(execution_id: str, prefix: str = DEFAULT_SUBJECT_PREFIX) -> str:
     """The subject events of `execution_id` are published to: ``<prefix>.<subject_token>``."""
     return f"{prefix}.{subject_token(execution_id)}"
+
+
+def msg_id(execution_id: str, event_id: str) -> str:
+    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>``.
+
+    JetStream deduplicates by message id across the whole stream, while event ids are unique only
+    within an execution (the table's key is the pair), so the id carries both; escaping keeps it
+    injective and free of characters a header value cannot hold.
+    """
+    return f"{subject_token(execution_id)}.{subject_token(event_id)}"
 
 
 def check_prefix(prefix: str) -> str:

@@ -2,7 +2,8 @@
 
 Each envelope is published as the same JSON bytes `StdoutEventSink` writes (without the newline) to
 ``<subject_prefix>.<execution id token>`` (see :mod:`projector.jetstream`), with the
-``Nats-Msg-Id`` header set to the event id: JetStream drops a re-publish of the same event within
+``Nats-Msg-Id`` header set to the event's id (execution id and event id, escaped, since event ids
+are unique only per execution): JetStream drops a re-publish of the same event within
 the stream's duplicate window (2 minutes by default), and the bridge's idempotent PostgreSQL sink
 drops the rest. `emit` returns only after JetStream acknowledged the publish; a publish that is not
 acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
@@ -33,6 +34,7 @@ from .jetstream import (
     check_prefix,
     connect,
     ensure_stream,
+    msg_id,
     require_stream,
     subject_for,
     translate_nats,
@@ -124,7 +126,7 @@ class NatsEventSink:
             event_id,
             self.subject_for(event.execution_id),
             envelope_bytes(event),
-            {MSG_ID_HEADER: event_id},
+            {MSG_ID_HEADER: msg_id(event.execution_id, event_id)},
         )
 
     def _jetstream(self) -> Any:

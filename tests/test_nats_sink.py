@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from projector import NatsEventSink
 from projector.errors import ConfigurationError, NatsUnavailable, StreamMissing
-from projector.jetstream import MAX_TOKEN_LENGTH, StreamLimits, subject_for, subject_token
+from projector.jetstream import (
+    MAX_TOKEN_LENGTH,
+    StreamLimits,
+    msg_id,
+    subject_for,
+    subject_token,
+)
 from projector.sinks import envelope_bytes
 from tests.natsutil import Names, _free_port, make_events
 
@@ -58,7 +64,7 @@ async def test_emit_publishes_envelope_bytes_with_msg_id(
     stored = await js.get_msg(names.stream, published.seq)
     assert stored.subject == published.subject
     assert stored.data == envelope_bytes(event)
-    assert stored.headers["Nats-Msg-Id"] == event.resolved_event_id()
+    assert stored.headers["Nats-Msg-Id"] == "exec%207%2Ea." + subject_token(published.event_id)
 
 
 async def test_republishing_an_event_is_dropped_by_the_broker(
@@ -74,6 +80,19 @@ async def test_republishing_an_event_is_dropped_by_the_broker(
     assert all(p.duplicate for p in many_again)
     info = await js.stream_info(names.stream)
     assert info.state.messages == 5
+
+
+async def test_same_event_id_in_two_executions_is_not_a_duplicate(
+    nats_url: str, names: Names
+) -> None:
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        published = await sink.emit_many(make_events(1, "1") + make_events(1, "2"))
+    assert [p.duplicate for p in published] == [False, False]
+
+
+def test_msg_id_is_injective_and_header_safe() -> None:
+    assert msg_id("a.b", "c") != msg_id("a", "b.c")
+    assert msg_id("7", "e\r\nX: y") == "7.e%0D%0AX:%20y"
 
 
 async def test_missing_stream_raises_unless_asked_to_create(nats_url: str, js: Any) -> None:
