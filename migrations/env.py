@@ -29,9 +29,7 @@ _PARTITION = re.compile(r"^event_(\d{4}_\d{2}|default)$")
 def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
     if type_ == "schema":
         return name == SCHEMA
-    if type_ == "table" and name is not None and _PARTITION.match(name):
-        return False
-    return True
+    return not (type_ == "table" and name is not None and _PARTITION.match(name))
 
 
 def run(connection: Connection) -> None:

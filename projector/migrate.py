@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from importlib import resources
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -16,7 +16,7 @@ from .database import CONNECT_KWARGS, sqlalchemy_url
 __all__ = ["alembic_config", "check", "current", "head", "upgrade"]
 
 
-def alembic_config(stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(stdout: TextIO | None = None) -> Config:
     """An alembic Config pointing at the migrations shipped inside the package."""
     cfg = Config(stdout=stdout) if stdout is not None else Config()
     cfg.set_main_option("script_location", str(resources.files("projector.migrations")))
@@ -24,7 +24,9 @@ def alembic_config(stdout: io.TextIOBase | None = None) -> Config:
 
 
 def _run(url: str, fn: str, *args: str) -> None:
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS)
+    engine = create_engine(
+        sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS
+    )
     try:
         with engine.connect() as connection:
             cfg = alembic_config()
@@ -60,7 +62,9 @@ def head() -> str:
 
 def current(url: str) -> str | None:
     """The database's revision, or None when it was never migrated."""
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS)
+    engine = create_engine(
+        sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS
+    )
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

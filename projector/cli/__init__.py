@@ -1,4 +1,107 @@
-"""The `projector` command line."""
+"""The `projector` command line (also `python -m projector`).
 
-def main() -> None:
-    raise SystemExit(0)
+Every command that needs PostgreSQL takes `--database-url` (env: PROJECTOR_DATABASE_URL); with
+neither, an embedded PostgreSQL is started whose data lives in the user's data directory.
+
+Exit status: 0 success; 1 the data had problems (rejected or conflicting events, unknown
+execution); 2 usage error; 3 the environment failed (database unreachable, schema missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from ..database import database_url, embedded_data_dir, embedded_server
+from ..errors import ProjectorError
+from . import (
+    db_commands,
+    demo_commands,
+    ingest_commands,
+    project_commands,
+    status_commands,
+)
+
+EXIT_OK = 0
+EXIT_DATA = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+#: Modules that add subcommands, in the order `--help` lists them.
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    demo_commands,
+    db_commands,
+    ingest_commands,
+    status_commands,
+    project_commands,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="projector",
+        description=(
+            "Durable history and exact step status of noetl execution events in PostgreSQL."
+        ),
+        epilog=(
+            "Database: --database-url or PROJECTOR_DATABASE_URL "
+            "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); with neither, an embedded "
+            f"PostgreSQL is started with its data in {embedded_data_dir()}. "
+            "Exit status: 0 ok, 1 rejected/conflicting data or unknown execution, 2 usage, "
+            "3 database unavailable or schema missing."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (env: PROJECTOR_DATABASE_URL; default: embedded PostgreSQL)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and retries")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the command, return its exit status (errors printed to stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        with contextlib.ExitStack() as stack:
+            url = ""
+            if getattr(args, "needs_db", True):
+                configured = database_url(args.database_url)
+                if configured is None:
+                    print(
+                        f"projector: using the embedded PostgreSQL in {embedded_data_dir()} "
+                        "(set PROJECTOR_DATABASE_URL to use your own server)",
+                        file=sys.stderr,
+                    )
+                    configured = stack.enter_context(embedded_server())
+                url = configured
+            status: int = asyncio.run(args.handler(args, url))
+            return status
+    except ProjectorError as exc:
+        print(f"projector: error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt:
+        print("projector: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run(argv))

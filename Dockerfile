@@ -1,0 +1,9 @@
+# Image with the `projector` command line, used by docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY projector ./projector
+COPY migrations ./migrations
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["projector"]
+CMD ["--help"]

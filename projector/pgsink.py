@@ -1,0 +1,734 @@
+"""`PostgresEventSink`: stores envelopes in `noetl.event` exactly once, as fast as COPY allows.
+
+How one batch is written (one transaction, retried as a whole):
+
+1. Envelopes are validated; the ones that fail go to `noetl.event_rejected` with their position and
+   reason, and the rest of the batch is stored.
+2. Transaction-level advisory locks are taken on the batch's execution ids (hashed into
+   :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes
+   them, so the check below cannot race with another sink.
+3. One indexed lookup finds which `(execution_id, event_id)` pairs are already stored, in any
+   partition. Identical content is a duplicate; different content is a conflict: reported, the
+   stored row left unchanged.
+4. Only the new rows are written, with binary `COPY`; one payload-free NOTIFY wakes projectors.
+
+Retries: transient failures (connection lost, server restarting, serialization failures, a unique
+violation from a writer that bypassed the locks) roll back and replay the batch with exponential
+backoff. Since the replay repeats the lookup, no retry stores a row twice; rows found with the
+transaction id of an earlier attempt whose COMMIT was lost in flight are counted as inserted.
+
+`emit()` group-commits: callers queue their event and wait; a flusher writes everything queued so
+far in one transaction and wakes them all once it is committed. The queue is bounded, so a slow
+database slows callers down instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import orjson
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+
+from .channels import NOTIFY_CHANNEL
+from .database import CONNECT_KWARGS
+from .envelope import ENVELOPE_FIELDS, ExecutorEvent
+from .errors import (
+    DatabaseUnavailable,
+    EventConflict,
+    InvalidEnvelope,
+    ProjectorError,
+    SchemaMissing,
+    is_transient,
+    translate,
+)
+
+__all__ = [
+    "LOCK_BUCKETS",
+    "BatchResult",
+    "Outcome",
+    "PostgresEventSink",
+    "RawEnvelope",
+    "Rejection",
+    "describe_validation_error",
+]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["inserted", "duplicate", "conflict", "rejected"]
+
+#: Advisory lock namespace (first key of the two-key form) and number of execution-id buckets.
+LOCK_CLASS = 0x6E6F  # "no"
+LOCK_BUCKETS = 1024
+
+# noetl.event's columns mirror the envelope's fields, in the same order (see `_row`).
+_COLUMNS = ENVELOPE_FIELDS
+_COPY_TYPES = ["text", "text", "text", "text", "text", "timestamptz", "jsonb", "text", "jsonb"]
+_COPY = f"COPY noetl.event ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# The transaction id (to recognise our own rows after a lost COMMIT) and the advisory locks, in one
+# round trip; the locks are taken in sorted order so that writers never deadlock.
+_BEGIN = (
+    "SELECT pg_current_xact_id()::text,"
+    " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(%s, b)"
+    "  FROM (SELECT unnest(%s::int[]) AS b ORDER BY 1) o) l)"
+)
+# Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
+# LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
+# join would scan the whole table.
+_LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid"
+_LOOKUP_JOIN = (
+    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text"
+    " FROM noetl.event x WHERE x.execution_id = k.execution_id AND x.event_id = k.event_id"
+    " OFFSET 0) e"
+)
+# Values travel as strings joined by U+001F (U+001E marks NULL): parsing them server-side is about
+# twice as fast as binding text[] parameters. Values containing either character use arrays.
+SEPARATOR = "\x1f"
+NULL_MARK = "\x1e"
+_JOINED = "string_to_array(%s, E'\\x1f', E'\\x1e')"
+_ARRAY = "%s::text[]"
+_KEY_COLUMNS = "k(execution_id, event_id)"
+
+
+def _lookup_sql(unnest: str) -> str:
+    return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{_LOOKUP_JOIN}"
+
+
+# Phase 2, only for keys stored with the same created_at: which of them differ in content. The
+# comparison runs in the server (jsonb equality), so a duplicate costs no row transfer.
+_COMPARE_COLUMNS = (
+    "k(execution_id, event_id, created_at, event_type, step, status, context, worker_id, meta, i)"
+)
+_COMPARE_WHERE = (
+    " CROSS JOIN LATERAL (SELECT * FROM noetl.event x WHERE x.execution_id = k.execution_id"
+    " AND x.event_id = k.event_id AND x.created_at = k.created_at::timestamptz LIMIT 1) e"
+    " WHERE e.event_type IS DISTINCT FROM k.event_type OR e.step IS DISTINCT FROM k.step"
+    " OR e.status IS DISTINCT FROM k.status OR e.context IS DISTINCT FROM k.context::jsonb"
+    " OR e.worker_id IS DISTINCT FROM k.worker_id OR e.meta IS DISTINCT FROM k.meta::jsonb"
+)
+
+
+def _compare_sql(unnest: str) -> str:
+    columns = ", ".join([unnest] * 9)
+    return (
+        f"SELECT k.i FROM unnest({columns}) WITH ORDINALITY AS {_COMPARE_COLUMNS}{_COMPARE_WHERE}"
+    )
+
+
+_REJECT = (
+    "INSERT INTO noetl.event_rejected (raw, raw_bytes, source, position, reason)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class RawEnvelope:
+    """Undecoded input (a line, a message body) that the sink validates itself.
+
+    `position` is where it came from in its source (a line number, a stream sequence) and is stored
+    with a rejection; `source` names the file, subject or caller.
+    """
+
+    raw: bytes | str
+    source: str
+    position: int | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An item that was not stored: its index in the batch, the reason, and its source position."""
+
+    position: int
+    reason: str
+    line: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """What `emit_many` did with each item. `outcomes` is index-aligned with the items."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    conflict_ids: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """The summary `projector ingest --json` prints."""
+        return {
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": len(self.rejected),
+        }
+
+    def extend(self, other: BatchResult) -> None:
+        """Append another batch's result (positions shifted past this one's items)."""
+        offset = len(self.outcomes)
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.conflict_ids.extend(other.conflict_ids)
+        self.rejected.extend(
+            Rejection(r.position + offset, r.reason, r.line) for r in other.rejected
+        )
+        self.outcomes.extend(other.outcomes)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line reason from a pydantic error: `field: message; field: message`."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _dumps(obj: Any) -> bytes | str:
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, exotic types
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def _raw_columns(raw: bytes | str) -> tuple[str, bytes | None]:
+    """`raw` as text for event_rejected.raw; the exact bytes too when text cannot hold them."""
+    if isinstance(raw, str):
+        if "\x00" not in raw:
+            return raw, None
+        return raw.replace("\x00", "\\x00"), raw.encode("utf-8", "surrogatepass")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"), raw
+    if "\x00" in text:
+        return text.replace("\x00", "\\x00"), raw
+    return text, None
+
+
+@dataclass
+class _Pending:
+    """A validated event waiting in a batch, with its index in the caller's items."""
+
+    index: int
+    event: ExecutorEvent
+    row: Row
+
+
+@dataclass
+class _Outcomes:
+    """Per-item results of one `emit_many` chunk, filled in by the transactions that write it."""
+
+    outcomes: list[Outcome | None]
+    reasons: dict[int, str] = field(default_factory=dict)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Reject:
+    index: int
+    raw: bytes | str
+    source: str
+    line: int | None
+    reason: str
+
+
+def _row(event: ExecutorEvent, event_id: str) -> Row:
+    context = event.context
+    return (
+        event.execution_id,
+        event_id,
+        event.event_type,
+        event.step,
+        event.status,
+        event.created_at,
+        Jsonb(None) if context is None else context,
+        event.worker_id,
+        event.meta,
+    )
+
+
+def _columns_param(columns: list[list[str | None]]) -> tuple[str, tuple[object, ...]]:
+    """Bind equally long text columns: joined strings when safe, else text[] arrays."""
+    safe = all(
+        v is None or (SEPARATOR not in v and NULL_MARK not in v) for col in columns for v in col
+    )
+    if safe:
+        joined = tuple(
+            SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
+        )
+        return _JOINED, joined
+    return _ARRAY, tuple(columns)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    dumped = _dumps(value.obj if isinstance(value, Jsonb) else value)
+    return dumped.decode("utf-8") if isinstance(dumped, bytes) else dumped
+
+
+def _bucket(execution_id: str) -> int:
+    """The advisory-lock bucket of an execution id (stable across processes and versions)."""
+    return zlib.crc32(execution_id.encode("utf-8")) % LOCK_BUCKETS
+
+
+def _json_value(value: Any) -> Any:
+    return value.obj if isinstance(value, Jsonb) else value
+
+
+def _same_content(stored: Sequence[Any], row: Row) -> bool:
+    """Whether two rows (stored or about to be) hold the same envelope apart from their key."""
+    return bool(
+        stored[2] == row[2]
+        and stored[3] == row[3]
+        and stored[4] == row[4]
+        and stored[5] == row[5]
+        and _json_value(stored[6]) == _json_value(row[6])
+        and stored[7] == row[7]
+        and stored[8] == row[8]
+    )
+
+
+class PostgresEventSink:
+    """Durable, idempotent sink over a psycopg `AsyncConnectionPool`.
+
+    Use it as an async context manager::
+
+        async with PostgresEventSink("postgresql://postgres@127.0.0.1/noetl") as sink:
+            await sink.emit(event)                 # returns once committed
+            result = await sink.emit_many(events)  # counts inserted/duplicates/conflicts
+
+    Parameters: `max_pool_size` connections at most (default 4); `batch_size` events per transaction
+    (default 2,000); `max_pending` events queued by `emit` before callers wait (default 10,000);
+    `flushers` concurrent group-commit transactions (default 2); `lanes` concurrent transactions
+    per `emit_many` call (default 2; events are split between them by execution id so they never
+    wait on each other's locks); `retry_for` seconds of retrying a
+    transient failure before raising `DatabaseUnavailable` (default 60); `connect_timeout` seconds
+    to wait for the first connection (default 10).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_pool_size: int = 4,
+        batch_size: int = 2000,
+        max_pending: int = 10_000,
+        flushers: int = 2,
+        lanes: int = 2,
+        retry_for: float = 60.0,
+        connect_timeout: float = 10.0,
+        application_name: str = "noetl-projector",
+    ) -> None:
+        if min(batch_size, max_pending, flushers, lanes, max_pool_size) < 1:
+            raise ValueError("batch_size, max_pending, flushers, lanes, max_pool_size must be >= 1")
+        self.url = url
+        self.batch_size = batch_size
+        self.lanes = lanes
+        self.retry_for = retry_for
+        self.connect_timeout = connect_timeout
+        self._flusher_count = flushers
+        self._max_pending = max_pending
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_pool_size,
+            open=False,
+            kwargs={**CONNECT_KWARGS, "application_name": application_name},
+            configure=self._configure,
+            check=AsyncConnectionPool.check_connection,
+            name="noetl-projector-sink",
+        )
+        self._queue: asyncio.Queue[tuple[ExecutorEvent, asyncio.Future[Outcome]]] | None = None
+        self._flushers: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        # orjson writes; reading stays with the json module, which keeps integers beyond 64 bits
+        # exact (orjson would turn them into floats and report false conflicts).
+        set_json_dumps(_dumps, context=conn)
+
+    async def open(self) -> None:
+        """Open the pool, wait for a connection and check that the schema is migrated."""
+        try:
+            await self._pool.open(wait=True, timeout=self.connect_timeout)
+            async with self._pool.connection() as conn:
+                cur = await conn.execute("SELECT to_regclass('noetl.event') IS NOT NULL")
+                row = await cur.fetchone()
+        except Exception as exc:
+            await self._pool.close()
+            raise translate(exc) from exc
+        if not row or not row[0]:
+            await self._pool.close()
+            raise SchemaMissing(
+                "table noetl.event does not exist in this database: run `projector db upgrade` "
+                "(or `alembic upgrade head`) first"
+            )
+        self._queue = asyncio.Queue(maxsize=self._max_pending)
+        self._flushers = [
+            asyncio.create_task(self._flush_loop(), name=f"noetl-sink-flusher-{i}")
+            for i in range(self._flusher_count)
+        ]
+
+    async def close(self) -> None:
+        """Write what `emit` callers are waiting for, then close the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._queue is not None:
+            await self._queue.join()
+        for task in self._flushers:
+            task.cancel()
+        await asyncio.gather(*self._flushers, return_exceptions=True)
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- public API ------------------------------------------------------------------------------
+
+    async def emit(self, event: ExecutorEvent) -> Outcome:
+        """Store one event; return `"inserted"` or `"duplicate"` once it is committed.
+
+        Concurrent calls share transactions (group commit). Raises `EventConflict` when the id is
+        already stored with different content, `DatabaseUnavailable` when retries ran out.
+        """
+        if self._queue is None or self._closed:
+            raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, future))  # waits when the queue is full: backpressure
+        return await future
+
+    async def emit_many(
+        self,
+        items: Iterable[ExecutorEvent | RawEnvelope | Mapping[str, Any]],
+        *,
+        source: str = "api",
+    ) -> BatchResult:
+        """Store a batch; invalid items are rejected (kept in noetl.event_rejected), never fatal.
+
+        Items may be envelopes, raw JSON (`RawEnvelope`) or mappings. Written in transactions of
+        `batch_size`, `lanes` of them at a time; returns after the last one commits. At most
+        `batch_size * lanes` items are held at once, whatever the length of `items`.
+        """
+        if self._closed or self._queue is None:
+            raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
+        result = BatchResult()
+        window = self.batch_size * self.lanes
+        chunk: list[ExecutorEvent | RawEnvelope | Mapping[str, Any]] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= window:
+                result.extend(await self._write_items(chunk, source))
+                chunk = []
+        if chunk or not result.outcomes:
+            result.extend(await self._write_items(chunk, source))
+        return result
+
+    async def reject(
+        self, raw: bytes | str, *, source: str, reason: str, position: int | None = None
+    ) -> None:
+        """Keep input that is not an envelope in noetl.event_rejected (raw text, source, reason)."""
+        await self._commit([], [_Reject(0, raw, source, position, reason)], _Outcomes([None]))
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def _prepare(
+        self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
+    ) -> tuple[list[_Pending], list[_Reject]]:
+        pending: list[_Pending] = []
+        rejects: list[_Reject] = []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, ExecutorEvent):
+                    event = item
+                elif isinstance(item, RawEnvelope):
+                    event = ExecutorEvent.model_validate_json(item.raw)
+                else:
+                    event = ExecutorEvent.model_validate(item)
+            except ValidationError as exc:
+                rejects.append(self._reject_of(i, item, source, describe_validation_error(exc)))
+                continue
+            pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
+        return pending, rejects
+
+    @staticmethod
+    def _reject_of(i: int, item: object, source: str, reason: str) -> _Reject:
+        if isinstance(item, RawEnvelope):
+            return _Reject(i, item.raw, item.source, item.position, reason)
+        try:
+            raw = json.dumps(item, ensure_ascii=False, default=repr)
+        except (TypeError, ValueError):
+            raw = repr(item)
+        return _Reject(i, raw, source, i, reason)
+
+    async def _write_items(
+        self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
+    ) -> BatchResult:
+        pending, rejects = self._prepare(items, source)
+        state = _Outcomes([None] * len(items))
+        # Split by lock bucket: lanes never wait for each other's advisory locks, so their
+        # transactions really run side by side (one fills its COPY while another is looked up).
+        lanes: list[list[_Pending]] = [[] for _ in range(self.lanes)]
+        for p in pending:
+            lanes[_bucket(p.row[0]) % self.lanes].append(p)
+        done = await asyncio.gather(
+            *(
+                self._write_lane(lane, rejects if n == 0 else [], state)
+                for n, lane in enumerate(lanes)
+            ),
+            return_exceptions=True,
+        )
+        for lane_result in done:
+            if isinstance(lane_result, BaseException):
+                raise lane_result
+        result = BatchResult(conflict_ids=state.conflicts)
+        for i, outcome in enumerate(state.outcomes):
+            if outcome == "inserted":
+                result.inserted += 1
+            elif outcome == "duplicate":
+                result.duplicates += 1
+            elif outcome == "conflict":
+                result.conflicts += 1
+            else:
+                result.rejected.append(Rejection(i, state.reasons.get(i, "not stored"), None))
+        lines = {r.index: r.line for r in rejects}
+        result.rejected = [
+            Rejection(r.position, r.reason, lines.get(r.position)) for r in result.rejected
+        ]
+        result.outcomes = [o if o is not None else "rejected" for o in state.outcomes]
+        return result
+
+    async def _write_lane(
+        self, lane: list[_Pending], rejects: list[_Reject], state: _Outcomes
+    ) -> None:
+        for start in range(0, max(len(lane), 1), self.batch_size):
+            await self._commit(lane[start : start + self.batch_size], rejects, state)
+            rejects = []
+
+    async def _commit(
+        self, pending: list[_Pending], rejects: list[_Reject], state: _Outcomes
+    ) -> None:
+        """Write one batch in one transaction, retrying transient failures; fill in `state`."""
+        for r in rejects:
+            state.outcomes[r.index] = "rejected"
+            state.reasons[r.index] = r.reason
+        if not pending and not rejects:
+            return
+        earlier_txids: set[str] = set()
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                await self._transaction(pending, rejects, state, earlier_txids)
+                return
+            except _DataProblem as problem:
+                # One value the database refuses (should validation miss one) must not sink the
+                # batch: bisect to it, reject it with the server's reason, store the rest.
+                if len(pending) == 1:
+                    bad = pending[0]
+                    raw = bad.event.model_dump_json()
+                    rejects = [*rejects, _Reject(bad.index, raw, "sink", None, problem.reason)]
+                    state.outcomes[bad.index] = "rejected"
+                    state.reasons[bad.index] = problem.reason
+                    pending = []
+                    continue
+                half = len(pending) // 2
+                await self._commit(pending[:half], [], state)
+                await self._commit(pending[half:], rejects, state)
+                return
+            except Exception as exc:
+                if not (is_transient(exc) or isinstance(exc, pgerrors.UniqueViolation)):
+                    raise translate(exc) from exc
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(
+                        f"gave up storing a batch of {len(pending)} events after "
+                        f"{self.retry_for:.0f}s of retries: {str(exc).strip()}"
+                    ) from exc
+                log.warning("transient database error, retrying in %.2fs: %s", delay, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def _transaction(
+        self,
+        pending: list[_Pending],
+        rejects: list[_Reject],
+        state: _Outcomes,
+        earlier_txids: set[str],
+    ) -> None:
+        # Within the batch, the first occurrence of a key is the one written.
+        first: dict[tuple[str, str], _Pending] = {}
+        for p in pending:
+            first.setdefault((p.row[0], p.row[1]), p)
+        buckets = sorted({_bucket(k[0]) for k in first})
+        new_outcomes: dict[int, Outcome] = {}
+        conflicts: list[tuple[str, str]] = []
+        stored: dict[tuple[str, str], Any] = {}
+        changed: set[int] = set()
+        async with self._pool.connection() as conn:
+            try:
+                async with conn.transaction():
+                    cur = conn.cursor()
+                    await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
+                    begin = await cur.fetchone()
+                    assert begin is not None
+                    earlier_txids.add(str(begin[0]))
+                    fresh: list[_Pending] = []
+                    if first:
+                        keys = list(first)
+                        unnest, params = _columns_param(
+                            [[k[0] for k in keys], [k[1] for k in keys]]
+                        )
+                        await cur.execute(_lookup_sql(unnest), params, binary=True)
+                        stored = {(r[0], r[1]): r for r in await cur.fetchall()}
+                        fresh = [p for key, p in first.items() if key not in stored]
+                        changed = await self._changed(cur, pending, stored, earlier_txids)
+                    if fresh:
+                        async with cur.copy(_COPY) as copy:
+                            copy.set_types(_COPY_TYPES)
+                            for p in fresh:
+                                await copy.write_row(p.row)
+                        await cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+                    if rejects:
+                        await cur.executemany(
+                            _REJECT,
+                            [(*_raw_columns(r.raw), r.source, r.line, r.reason) for r in rejects],
+                        )
+            except pgerrors.DataError as exc:
+                raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
+        for p in pending:
+            key = (p.row[0], p.row[1])
+            hit = stored.get(key)
+            if hit is None or hit[3] in earlier_txids:  # new, or ours from a lost COMMIT
+                winner = first[key]
+                if p is winner or _same_content(winner.row, p.row):
+                    new_outcomes[p.index] = "inserted" if p is winner else "duplicate"
+                    continue
+            elif p.index not in changed:
+                new_outcomes[p.index] = "duplicate"
+                continue
+            new_outcomes[p.index] = "conflict"
+            conflicts.append(key)
+        for index, outcome in new_outcomes.items():
+            state.outcomes[index] = outcome
+        state.conflicts.extend(conflicts)
+
+    @staticmethod
+    async def _changed(
+        cur: psycopg.AsyncCursor[Any],
+        pending: list[_Pending],
+        stored: dict[tuple[str, str], Any],
+        earlier_txids: set[str],
+    ) -> set[int]:
+        """Indexes of items whose key is stored (not by us) with different content."""
+        changed: set[int] = set()
+        candidates: list[_Pending] = []
+        for p in pending:
+            hit = stored.get((p.row[0], p.row[1]))
+            if hit is None or hit[3] in earlier_txids:
+                continue
+            if hit[2] != p.row[5]:  # another created_at: another partition, surely different
+                changed.add(p.index)
+            else:
+                candidates.append(p)
+        if candidates:
+            rows = [p.row for p in candidates]
+            unnest, params = _columns_param(
+                [
+                    [r[0] for r in rows],
+                    [r[1] for r in rows],
+                    [r[5].isoformat() for r in rows],
+                    [r[2] for r in rows],
+                    [r[3] for r in rows],
+                    [r[4] for r in rows],
+                    [_json_text(r[6]) for r in rows],
+                    [r[7] for r in rows],
+                    [_json_text(r[8]) for r in rows],
+                ]
+            )
+            await cur.execute(_compare_sql(unnest), params)
+            changed.update(candidates[int(r[0]) - 1].index for r in await cur.fetchall())
+        return changed
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._flush(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _flush(self, batch: list[tuple[ExecutorEvent, asyncio.Future[Outcome]]]) -> None:
+        pending = [
+            _Pending(i, event, _row(event, event.resolved_event_id()))
+            for i, (event, _) in enumerate(batch)
+        ]
+        state = _Outcomes([None] * len(batch))
+        try:
+            await self._commit(pending, [], state)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(DatabaseUnavailable("the sink was closed mid-write"))
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for i, (event, future) in enumerate(batch):
+            if future.done():  # the caller was cancelled
+                continue
+            outcome = state.outcomes[i]
+            if outcome == "conflict":
+                future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
+            elif outcome == "inserted" or outcome == "duplicate":
+                future.set_result(outcome)
+            else:
+                reason = state.reasons.get(i, "the database refused this event")
+                future.set_exception(InvalidEnvelope(reason, i))
+
+
+class _DataProblem(Exception):
+    """The database refused a value in the batch (SQLSTATE class 22)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

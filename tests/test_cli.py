@@ -1,0 +1,119 @@
+"""The command line, run in-process (`projector.cli.run`) and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from projector.cli import run
+
+
+def q(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = (
+    '{"execution_id":"e1","event_id":"%d","event_type":"step.enter","step":"a",'
+    '"status":"RUNNING","created_at":"2026-11-20T10:00:0%dZ","context":{}}'
+)
+
+
+def test_ingest_reports_bad_lines_and_stores_the_rest(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_lines(
+        tmp_path / "events.ndjson",
+        [GOOD % (1, 1), "", '{"execution_id":"e1"}', "not json", GOOD % (2, 2)],
+    )
+    status = run(["--database-url", database_url, "ingest", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert json.loads(out) == {"inserted": 2, "duplicates": 0, "conflicts": 0, "rejected": 2}
+    assert f"{path}:3: rejected:" in err and "event_type" in err
+    assert f"{path}:5: rejected:" not in err and f"{path}:4: rejected: Invalid JSON" in err
+    assert q(database_url, "SELECT count(*) FROM noetl.event") == [(2,)]
+    assert q(database_url, "SELECT position, source FROM noetl.event_rejected ORDER BY id") == [
+        (3, str(path)),
+        (4, str(path)),
+    ]
+    # Ingesting again stores nothing new and, with nothing rejected, exits 0.
+    clean = write_lines(tmp_path / "clean.ndjson", [GOOD % (1, 1), GOOD % (2, 2)])
+    assert run(["--database-url", database_url, "ingest", str(clean), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["duplicates"] == 2
+
+
+def test_ingest_json_array_and_conflicts(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    array = tmp_path / "events.json"
+    array.write_text("[" + GOOD % (1, 1) + "," + GOOD % (2, 2) + ", 5]")
+    assert run(["--database-url", database_url, "ingest", str(array)]) == 1
+    out, err = capsys.readouterr()
+    assert "2 inserted" in out and f"{array}:3: rejected" in err
+    conflicting = write_lines(tmp_path / "c.ndjson", [(GOOD % (1, 1)).replace("RUNNING", "FAILED")])
+    assert run(["--database-url", database_url, "ingest", str(conflicting), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["conflicts"] == 1 and "conflict: event '1'" in err
+
+
+def test_db_commands(empty_database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = empty_database_url
+    assert run(["--database-url", url, "db", "current"]) == 1
+    assert "run `projector db upgrade`" in capsys.readouterr().out
+    assert run(["--database-url", url, "ingest", "-"]) == 3  # schema missing: environment error
+    assert "projector db upgrade" in capsys.readouterr().err
+    assert run(["--database-url", url, "db", "upgrade"]) == 0
+    assert run(["--database-url", url, "db", "current"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert run(["--database-url", url, "db", "partitions", "--ahead", "12"]) == 0
+    assert "created" in capsys.readouterr().out
+
+
+def test_bad_database_url_is_a_usage_level_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--database-url", "mysql://x", "db", "current"]) == 3
+    assert "must start with postgresql://" in capsys.readouterr().err
+
+
+def test_demo_runs_twice_as_a_real_process(database_url: str) -> None:
+    cmd = [sys.executable, "-m", "projector", "--database-url", database_url, "demo"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "39 inserted" in first.stdout and "demo-failed" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stderr
+    assert "39 duplicates" in second.stdout
+    assert q(database_url, "SELECT count(DISTINCT execution_id) FROM noetl.event") == [(3,)]
+
+
+def test_ingest_reads_stdin(database_url: str) -> None:
+    lines = "\n".join([GOOD % (1, 1), GOOD % (2, 2)]) + "\n"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "projector",
+            "--database-url",
+            database_url,
+            "ingest",
+            "-",
+            "--json",
+        ],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["inserted"] == 2

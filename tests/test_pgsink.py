@@ -1,0 +1,246 @@
+"""PostgresEventSink against a real PostgreSQL: idempotency, conflicts, rejections, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from projector import DatabaseUnavailable, EventConflict, SchemaMissing
+from projector.pgsink import PostgresEventSink, RawEnvelope
+from tests.factories import event, events
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+async def count(conn: Conn, sql: str = "SELECT count(*) FROM noetl.event") -> int:
+    cur = await conn.execute(sql)
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_stores_each_event_once_and_counts_duplicates(database_url: str, aconn: Conn) -> None:
+    batch = events(5000)
+    async with PostgresEventSink(database_url, batch_size=1000) as sink:
+        first = await sink.emit_many(batch)
+        again = await sink.emit_many(batch)
+    assert first.counts() == {"inserted": 5000, "duplicates": 0, "conflicts": 0, "rejected": 0}
+    assert again.counts() == {"inserted": 0, "duplicates": 5000, "conflicts": 0, "rejected": 0}
+    assert set(first.outcomes) == {"inserted"} and set(again.outcomes) == {"duplicate"}
+    assert await count(aconn) == 5000
+    cur = await aconn.execute(
+        "SELECT execution_id, event_id, step, status, context, created_at FROM noetl.event "
+        "WHERE event_id = '4999'"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    assert row[:5] == ("exec-71", "4999", "s9", "COMPLETED", {"n": "4999"})
+    assert row[5] == batch[4999].created_at
+
+
+async def test_reused_id_with_other_content_is_a_conflict(database_url: str, aconn: Conn) -> None:
+    original = event(status="RUNNING")
+    same_time = original.model_copy(update={"status": "FAILED"})
+    # A different created_at routes to another partition: the unique key cannot see it there,
+    # the sink's lookup must.
+    other_month = original.model_copy(
+        update={"created_at": original.created_at - timedelta(days=400)}
+    )
+    async with PostgresEventSink(database_url) as sink:
+        assert await sink.emit(original) == "inserted"
+        result = await sink.emit_many([same_time, other_month, original])
+        with pytest.raises(EventConflict) as info:
+            await sink.emit(same_time)
+    assert result.outcomes == ["conflict", "conflict", "duplicate"]
+    assert result.conflicts == 2 and result.conflict_ids == [("exec-1", "1"), ("exec-1", "1")]
+    assert info.value.event_id == "1"
+    cur = await aconn.execute("SELECT status FROM noetl.event")
+    assert await cur.fetchall() == [("RUNNING",)]  # the stored row is left unchanged
+
+
+async def test_duplicates_inside_one_batch(database_url: str, aconn: Conn) -> None:
+    a = event(event_id="1")
+    changed = a.model_copy(update={"context": {"other": True}})
+    async with PostgresEventSink(database_url) as sink:
+        result = await sink.emit_many([a, a, changed, event(event_id="2")])
+    assert result.outcomes == ["inserted", "duplicate", "conflict", "inserted"]
+    assert await count(aconn) == 2
+
+
+async def test_derived_ids_make_redelivery_idempotent(database_url: str, aconn: Conn) -> None:
+    no_id = event(event_id=None)
+    async with PostgresEventSink(database_url) as sink:
+        assert await sink.emit(no_id) == "inserted"
+        assert await sink.emit(no_id) == "duplicate"
+    cur = await aconn.execute("SELECT event_id FROM noetl.event")
+    assert await cur.fetchall() == [(no_id.resolved_event_id(),)]
+
+
+async def test_bad_envelopes_are_rejected_and_the_rest_stored(
+    database_url: str, aconn: Conn
+) -> None:
+    good = event(event_id="good")
+    items: list[Any] = [
+        RawEnvelope(b'{"event_type": "x"}', "file.ndjson", 7),
+        good,
+        RawEnvelope(b"\xff\x00not utf-8", "nats:noetl.events.e", 8),
+        {"execution_id": "e", "event_type": "t", "created_at": "2026-11-20T00:00:00Z"},
+    ]
+    async with PostgresEventSink(database_url) as sink:
+        result = await sink.emit_many(items)
+    assert result.outcomes == ["rejected", "inserted", "rejected", "inserted"]
+    assert [(r.position, r.line) for r in result.rejected] == [(0, 7), (2, 8)]
+    assert "execution_id is required" in result.rejected[0].reason
+    assert "Invalid JSON" in result.rejected[1].reason
+    assert await count(aconn) == 2
+    cur = await aconn.execute(
+        "SELECT raw, raw_bytes, source, position, reason FROM noetl.event_rejected ORDER BY id"
+    )
+    rows = await cur.fetchall()
+    assert rows[0][:4] == ('{"event_type": "x"}', None, "file.ndjson", 7)
+    assert rows[1][1] == b"\xff\x00not utf-8"  # exact bytes kept where text cannot hold them
+    assert rows[1][2:4] == ("nats:noetl.events.e", 8)
+    assert "\\xff" in rows[1][0]
+
+
+async def test_the_database_refusing_one_row_rejects_only_that_row(
+    database_url: str, aconn: Conn
+) -> None:
+    # Stand-in for a value validation does not catch: the server raises a data exception.
+    await aconn.execute(
+        """
+        CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.step = 'poison' THEN
+            RAISE EXCEPTION 'poisoned step' USING ERRCODE = '22023';
+          END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER poison BEFORE INSERT ON noetl.event
+          FOR EACH ROW EXECUTE FUNCTION poison();
+        """
+    )
+    batch = events(40)
+    batch[17] = batch[17].model_copy(update={"step": "poison"})
+    async with PostgresEventSink(database_url) as sink:
+        result = await sink.emit_many(batch)
+    assert result.inserted == 39
+    assert [(r.position, r.reason) for r in result.rejected] == [(17, "poisoned step")]
+    assert await count(aconn) == 39
+    assert await count(aconn, "SELECT count(*) FROM noetl.event_rejected") == 1
+
+
+async def test_concurrent_emitters_are_group_committed(database_url: str, aconn: Conn) -> None:
+    batch = events(500, per_execution=5)
+    async with PostgresEventSink(database_url) as sink:
+        outcomes = await asyncio.gather(*(sink.emit(e) for e in batch))
+    assert set(outcomes) == {"inserted"}
+    assert await count(aconn) == 500
+    transactions = await count(aconn, "SELECT count(DISTINCT txid) FROM noetl.event")
+    assert transactions < 100  # many callers share each transaction
+
+
+async def test_concurrent_writers_store_overlapping_batches_once(
+    database_url: str, aconn: Conn
+) -> None:
+    batch = events(3000, per_execution=30)
+    sinks = [PostgresEventSink(database_url, batch_size=500) for _ in range(3)]
+    for s in sinks:
+        await s.open()
+    try:
+        results = await asyncio.gather(
+            sinks[0].emit_many(batch),
+            sinks[1].emit_many(reversed(batch)),
+            sinks[2].emit_many(batch[1000:2000] + batch[:1000]),
+        )
+    finally:
+        for s in sinks:
+            await s.close()
+    assert await count(aconn) == 3000
+    assert sum(r.inserted for r in results) == 3000
+    assert sum(r.duplicates for r in results) == 3000 + 2000 - 0
+    assert all(r.conflicts == 0 for r in results)
+
+
+async def test_retries_across_dropped_connections(database_url: str, aconn: Conn) -> None:
+    batch = events(20_000)
+
+    async def kill_connections() -> int:
+        killed = 0
+        for _ in range(40):
+            cur = await aconn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'sink-under-test' AND pid <> pg_backend_pid()"
+            )
+            row = await cur.fetchone()
+            killed += int(row[0]) if row else 0
+            await asyncio.sleep(0.02)
+        return killed
+
+    async with PostgresEventSink(
+        database_url, batch_size=500, application_name="sink-under-test"
+    ) as sink:
+        result, killed = await asyncio.gather(sink.emit_many(batch), kill_connections())
+    assert killed > 0
+    assert result.inserted + result.duplicates == 20_000
+    assert result.inserted == 20_000  # a batch whose COMMIT got through is still counted as ours
+    assert await count(aconn) == 20_000
+
+
+async def test_missing_schema_says_what_to_do(empty_database_url: str) -> None:
+    with pytest.raises(SchemaMissing, match="projector db upgrade"):
+        async with PostgresEventSink(empty_database_url):
+            pass
+
+
+async def test_unreachable_database_is_reported() -> None:
+    with pytest.raises(DatabaseUnavailable):
+        async with PostgresEventSink("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1):
+            pass
+
+
+async def test_emit_blocks_when_the_queue_is_full(database_url: str, aconn: Conn) -> None:
+    # Hold the lock every writer of this execution needs, so the sink cannot commit: callers
+    # beyond max_pending must wait instead of growing the queue.
+    import zlib
+
+    from projector.pgsink import LOCK_BUCKETS, LOCK_CLASS
+
+    bucket = zlib.crc32(b"exec-0") % LOCK_BUCKETS
+    blocker = await psycopg.AsyncConnection.connect(database_url)
+    await blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, bucket))
+    batch = [event("exec-0", str(i)) for i in range(50)]
+    async with PostgresEventSink(database_url, max_pending=10, batch_size=5, flushers=1) as sink:
+        tasks = [asyncio.create_task(sink.emit(e)) for e in batch]
+        await asyncio.sleep(0.3)
+        assert sink._queue is not None and sink._queue.qsize() <= 10
+        assert not any(t.done() for t in tasks)
+        await blocker.rollback()  # release: everything drains
+        assert set(await asyncio.gather(*tasks)) == {"inserted"}
+    await blocker.close()
+    assert await count(aconn) == 50
+
+
+async def test_stdout_sink_lines_read_back(database_url: str, aconn: Conn) -> None:
+    import io
+
+    from projector.ingest import ingest
+    from projector.sinks import EventEmitter, StdoutEventSink
+
+    out = io.StringIO()
+    emitter = EventEmitter(7288213371283718145, StdoutEventSink(out))
+    await emitter.emit("step.enter", "start", "RUNNING", {"attempt": 1})
+    await emitter.emit("step.exit", "start", "COMPLETED")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["event_id"] for line in lines)
+    async with PostgresEventSink(database_url) as sink:
+        first = await ingest(sink, io.BytesIO(out.getvalue().encode()), "stdout")
+        second = await ingest(sink, io.BytesIO(out.getvalue().encode()), "stdout")
+    assert first.counts()["inserted"] == 2 and second.counts()["duplicates"] == 2
+    cur = await aconn.execute("SELECT DISTINCT execution_id FROM noetl.event")
+    assert await cur.fetchall() == [("7288213371283718145",)]
