@@ -174,10 +174,12 @@ class Bridge:
                 raise
             except Exception as exc:
                 raise translate_nats(exc, f"binding to consumer {cfg.durable!r}") from exc
-            async with PostgresEventSink(
-                self.database_url, retry_for=cfg.db_retry_for, application_name="projector-consume"
-            ) as sink:
-                await self._loop(nc, psub, sink)
+            sink = await self._open_sink()
+            if sink is not None:
+                try:
+                    await self._loop(nc, psub, sink)
+                finally:
+                    await sink.close()
             await self._refresh_lag(psub)
         finally:
             with contextlib.suppress(Exception):
@@ -186,6 +188,25 @@ class Bridge:
                 await nc.close()
         log.info("bridge stopped: %s", self.stats.line())
         return self.stats
+
+    async def _open_sink(self) -> PostgresEventSink | None:
+        """Open the PostgreSQL sink, waiting (with backoff) while the database is unavailable."""
+        while not self.stopping:
+            sink = PostgresEventSink(
+                self.database_url,
+                retry_for=self.config.db_retry_for,
+                application_name="projector-consume",
+            )
+            try:
+                await sink.open()
+                self._backoff = 0.0
+                return sink
+            except DatabaseUnavailable as exc:
+                self.stats.db_failures += 1
+                self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, self._backoff)
+                await self._sleep(self._backoff)
+        return None
 
     async def _loop(self, nc: Any, psub: Any, sink: PostgresEventSink) -> None:
         cfg = self.config

@@ -22,7 +22,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +32,6 @@ from projector.envelope import ExecutorEvent
 from projector.jetstream import ensure_stream
 
 LOCAL_NATS = "nats://127.0.0.1:4222"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _answers(url: str) -> bool:
@@ -150,7 +148,8 @@ def consume_argv(database_url: str, nats_url: str, names: Names, *extra: str) ->
     """Command line of a `projector consume` subprocess for this test's names."""
     return [
         sys.executable,
-        str(ROOT / "tests" / "run_consume.py"),
+        "-m",
+        "projector",
         "--database-url",
         database_url,
         "consume",

@@ -1,8 +1,7 @@
 """`projector consume` and `projector nats init`: the JetStream side of the command line.
 
 `register(subparsers)` adds the commands to the main parser; each sets
-``handler(args, db) -> int`` (an async function) and ``needs_db``. `main(argv)` runs them on their
-own (it resolves the database the same way: ``--database-url``, then PROJECTOR_DATABASE_URL).
+``handler(args, db) -> int`` (an async function) and ``needs_db``.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
 
 from ..bridge import Bridge, BridgeConfig
-from ..errors import ConfigurationError, ProjectorError
+from ..errors import ConfigurationError
 from ..jetstream import (
     DEFAULT_DURABLE,
     DEFAULT_NATS_URL,
@@ -28,7 +26,7 @@ from ..jetstream import (
     ensure_stream,
 )
 
-__all__ = ["main", "register"]
+__all__ = ["register"]
 
 _DEFAULT_LIMITS = StreamLimits()
 
@@ -140,13 +138,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _ensure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
+    """Progress lines are the bridge's output: show its INFO records even without --verbose."""
+    if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    logging.getLogger("projector.bridge").setLevel(logging.INFO)
 
 
 async def consume_command(args: argparse.Namespace, db: str) -> int:
@@ -212,22 +209,3 @@ async def nats_init_command(args: argparse.Namespace, db: str | None = None) -> 
         state = "created" if created else "already exists (left unchanged)"
         print(f"stream {args.stream} over {subjects}: {state}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run `consume` or `nats init` on their own (the `projector` CLI embeds them)."""
-    parser = argparse.ArgumentParser(prog="projector")
-    parser.add_argument(
-        "--database-url", help="PostgreSQL URL (env PROJECTOR_DATABASE_URL; required for consume)"
-    )
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    db = args.database_url or os.environ.get("PROJECTOR_DATABASE_URL") or ""
-    if args.needs_db and not db:
-        parser.error("--database-url (or PROJECTOR_DATABASE_URL) is required")
-    try:
-        code: int = asyncio.run(args.handler(args, db))
-    except ProjectorError as exc:
-        print(f"projector: {exc}", file=sys.stderr)
-        return 1
-    return code
