@@ -208,28 +208,50 @@ class Bridge:
                 await self._sleep(self._backoff)
         return None
 
+    async def _fetch(self, psub: Any) -> list[Any]:
+        """One batch (empty when nothing came within `fetch_timeout`)."""
+        cfg = self.config
+        try:
+            msgs: list[Any] = await psub.fetch(cfg.batch, timeout=cfg.fetch_timeout)
+            return msgs
+        except TimeoutError:  # nats-py raises its own subclass or asyncio's: nothing to fetch
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("fetch from %s/%s failed: %s; retrying", cfg.stream, cfg.durable, exc)
+            await self._sleep(1.0)
+            return []
+
     async def _loop(self, nc: Any, psub: Any, sink: PostgresEventSink) -> None:
+        """Fetch the next batch while the current one is being written; stop between batches.
+
+        A batch that was fetched is always written and acknowledged, even after `stop()`.
+        """
         cfg = self.config
         next_log = time.monotonic() + cfg.log_interval
-        while not self.stopping:
-            try:
-                msgs = await psub.fetch(cfg.batch, timeout=cfg.fetch_timeout)
-            except nats.errors.TimeoutError:
-                msgs = []
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("fetch from %s/%s failed: %s; retrying", cfg.stream, cfg.durable, exc)
-                await self._sleep(1.0)
-                continue
-            if msgs:
-                await self._handle(nc, msgs, sink)
-            if cfg.log_interval > 0 and time.monotonic() >= next_log:
-                await self._refresh_lag(psub)
-                log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
-                next_log = time.monotonic() + cfg.log_interval
-            if cfg.until_empty and not msgs:
-                await self._refresh_lag(psub)
-                if self.stats.pending == 0 and self.stats.ack_pending == 0:
-                    break
+        prefetch: asyncio.Task[list[Any]] | None = None
+        try:
+            while prefetch is not None or not self.stopping:
+                if prefetch is None:
+                    prefetch = asyncio.create_task(self._fetch(psub))
+                msgs = await prefetch
+                prefetch = None
+                if msgs:
+                    if not self.stopping:
+                        prefetch = asyncio.create_task(self._fetch(psub))
+                    await self._handle(nc, msgs, sink)
+                if cfg.log_interval > 0 and time.monotonic() >= next_log:
+                    await self._refresh_lag(psub)
+                    log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
+                    next_log = time.monotonic() + cfg.log_interval
+                if cfg.until_empty and not msgs and prefetch is None:
+                    await self._refresh_lag(psub)
+                    if self.stats.pending == 0 and self.stats.ack_pending == 0:
+                        break
+        finally:
+            if prefetch is not None:  # only on errors: its messages are redelivered after ack_wait
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
 
     async def _refresh_lag(self, psub: Any) -> None:
         try:
@@ -253,13 +275,12 @@ class Bridge:
 
     async def _handle(self, nc: Any, msgs: Sequence[Any], sink: PostgresEventSink) -> None:
         cfg = self.config
+        metas = [msg.metadata for msg in msgs]  # parsed from the reply subject on every access
         items = [
-            RawEnvelope(
-                msg.data, source=f"nats:{msg.subject}", position=msg.metadata.sequence.stream
-            )
-            for msg in msgs
+            RawEnvelope(msg.data, source=f"nats:{msg.subject}", position=meta.sequence.stream)
+            for msg, meta in zip(msgs, metas, strict=True)
         ]
-        self.stats.redelivered += sum(1 for msg in msgs if msg.metadata.num_delivered > 1)
+        self.stats.redelivered += sum(1 for meta in metas if meta.num_delivered > 1)
         keepalive = asyncio.create_task(self._keep_in_progress(msgs))
         try:
             result = await sink.emit_many(items, source=f"nats:{cfg.stream}")
@@ -299,7 +320,7 @@ class Bridge:
             msg = msgs[rejection.position]
             log.warning(
                 "rejected message %s on %s: %s",
-                msg.metadata.sequence.stream,
+                metas[rejection.position].sequence.stream,
                 msg.subject,
                 rejection.reason,
             )
@@ -310,5 +331,4 @@ class Bridge:
                 event_id,
                 execution_id,
             )
-        if msgs:
-            self.stats.pending = msgs[-1].metadata.num_pending
+        self.stats.pending = metas[-1].num_pending

@@ -149,24 +149,21 @@ class NatsEventSink:
     async def emit_many(self, events: Iterable[ExecutorEvent]) -> list[Published]:
         """Publish envelopes pipelined (no round trip each) and wait for every acknowledgement.
 
-        Raises on the first publish that fails or is not acknowledged within `timeout`; some of
-        the others may be stored already, so emitting the whole list again is the way to retry.
+        Raises on the first publish that fails, or when not all are acknowledged within
+        ``timeout + len(events) / 1000`` seconds; some may be stored already, so emitting the whole
+        list again is the way to retry (the broker and the bridge drop the repeats).
         """
         js = self._jetstream()
         prepared = [self._prepare(event) for event in events]
         futures: list[asyncio.Future[Any]] = []
         try:
-            for _event_id, subject, data, headers in prepared:
-                futures.append(
-                    await js.publish_async(
-                        subject,
-                        data,
-                        wait_stall=self.timeout,
-                        stream=self.stream,
-                        headers=headers,
+            # One deadline for the whole list (no per-message timer: those cost more than the
+            # publish itself), generous enough for a list of any length at a slow broker.
+            async with asyncio.timeout(self.timeout + len(prepared) / 1000):
+                for _event_id, subject, data, headers in prepared:
+                    futures.append(
+                        await js.publish_async(subject, data, stream=self.stream, headers=headers)
                     )
-                )
-            async with asyncio.timeout(self.timeout):
                 acks = await asyncio.gather(*futures)
         except Exception as exc:
             for future in futures:
