@@ -10,6 +10,7 @@ from .errors import (
     SchemaMissing,
     UnknownExecution,
 )
+from .natsink import NatsEventSink
 
 __all__ = [
     "ConfigurationError",
@@ -17,6 +18,7 @@ __all__ = [
     "EventConflict",
     "ExecutorEvent",
     "InvalidEnvelope",
+    "NatsEventSink",
     "ProjectorError",
     "SchemaMissing",
     "UnknownExecution",

@@ -13,8 +13,11 @@ __all__ = [
     "DatabaseUnavailable",
     "EventConflict",
     "InvalidEnvelope",
+    "NatsUnavailable",
     "ProjectorError",
+    "PublishRejected",
     "SchemaMissing",
+    "StreamMissing",
     "UnknownExecution",
     "is_transient",
     "translate",
@@ -65,6 +68,18 @@ class UnknownExecution(ProjectorError):
     def __init__(self, execution_id: str) -> None:
         self.execution_id = execution_id
         super().__init__(f"no events are stored for execution {execution_id!r}")
+
+
+class NatsUnavailable(ProjectorError):
+    """NATS could not be reached, or JetStream did not answer in time (nothing was acknowledged)."""
+
+
+class PublishRejected(ProjectorError):
+    """JetStream answered a publish with an error (no stream for the subject, limits reached)."""
+
+
+class StreamMissing(ConfigurationError):
+    """The JetStream stream does not exist: run `projector nats init` (or pass create_stream)."""
 
 
 # SQLSTATE classes that mean "try again": connection exceptions, operator intervention (server

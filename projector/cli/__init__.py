@@ -23,6 +23,7 @@ from . import (
     db_commands,
     demo_commands,
     ingest_commands,
+    nats_commands,
     project_commands,
     status_commands,
 )
@@ -39,6 +40,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     ingest_commands,
     status_commands,
     project_commands,
+    nats_commands,
 )
 
 

@@ -1,0 +1,334 @@
+"""The `projector consume` bridge: JetStream -> `noetl.event`, effectively once.
+
+A durable pull consumer (default ``projector``) on the stream hands out batches; each batch goes to
+`PostgresEventSink.emit_many` as raw envelopes, and every message is acknowledged only after the
+transaction holding its event committed. Delivery is at least once, the sink is idempotent, so the
+stored result is exactly once:
+
+* stored or already stored (a redelivery, counted) or conflicting (same id, other content; counted
+  and logged, the stored row kept): ``ack``;
+* not a valid envelope: stored in ``noetl.event_rejected`` (raw bytes, ``nats:<subject>`` as
+  source, the stream sequence as position, the reason) in the same transaction, then ``term``;
+* PostgreSQL unavailable after the sink's own retries: no ack; the batch is ``nak``-ed with a delay
+  and the bridge backs off (up to 30 s) and goes on; while a batch is being written the bridge tells
+  JetStream it is still in progress, so slow retries don't cause early redelivery.
+
+Several bridges on the same durable consumer split the work. `stop()` (SIGINT/SIGTERM in the CLI)
+stops fetching; the batch in flight is finished and acknowledged. A bridge killed outright loses
+nothing: its unacknowledged messages are redelivered after the consumer's ``ack_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from .errors import DatabaseUnavailable, ProjectorError
+from .jetstream import (
+    DEFAULT_DURABLE,
+    DEFAULT_NATS_URL,
+    DEFAULT_STREAM,
+    DEFAULT_SUBJECT_PREFIX,
+    check_prefix,
+    connect,
+    ensure_stream,
+    require_stream,
+    translate_nats,
+)
+from .pgsink import PostgresEventSink, RawEnvelope
+
+__all__ = ["Bridge", "BridgeConfig", "BridgeStats"]
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Settings of one bridge; the defaults are the CLI's."""
+
+    nats_url: str = DEFAULT_NATS_URL
+    stream: str = DEFAULT_STREAM
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX
+    durable: str = DEFAULT_DURABLE
+    #: Messages fetched (and written in one transaction) at a time.
+    batch: int = 2000
+    #: How long one fetch waits for messages; also bounds how quickly a stop request is seen.
+    fetch_timeout: float = 1.0
+    #: Seconds between progress log lines (0: none).
+    log_interval: float = 10.0
+    #: Consumer settings, used only when this bridge creates the durable consumer.
+    ack_wait: float = 30.0
+    max_ack_pending: int = 20_000
+    #: How long the PostgreSQL sink retries one batch before the bridge naks it and backs off.
+    db_retry_for: float = 60.0
+    #: Stop once the consumer has nothing pending and nothing unacknowledged.
+    until_empty: bool = False
+    #: Create the stream (with the default limits) when it is missing.
+    create_stream: bool = False
+
+
+@dataclass
+class BridgeStats:
+    """What a bridge did; `summary()` is the `--json` output."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    redelivered: int = 0
+    batches: int = 0
+    db_failures: int = 0
+    pending: int | None = None
+    ack_pending: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counters plus elapsed seconds and the storing rate."""
+        data = asdict(self)
+        seconds = time.monotonic() - data.pop("started")
+        data["seconds"] = round(seconds, 3)
+        handled = self.stored + self.duplicates + self.conflicts
+        data["events_per_second"] = round(handled / seconds, 1) if seconds > 0 else 0.0
+        return data
+
+    def line(self) -> str:
+        """The progress log line."""
+        s = self.summary()
+        return (
+            f"stored={s['stored']} duplicates={s['duplicates']} conflicts={s['conflicts']} "
+            f"rejected={s['rejected']} redelivered={s['redelivered']} pending={s['pending']} "
+            f"ack_pending={s['ack_pending']} rate={s['events_per_second']}/s"
+        )
+
+
+class Bridge:
+    """Moves events from a JetStream durable consumer into PostgreSQL (module docstring)."""
+
+    def __init__(self, database_url: str, config: BridgeConfig | None = None) -> None:
+        self.database_url = database_url
+        self.config = config or BridgeConfig()
+        check_prefix(self.config.subject_prefix)
+        self.stats = BridgeStats()
+        self._stop = asyncio.Event()
+        self._backoff = 0.0
+
+    def stop(self) -> None:
+        """Ask the bridge to stop fetching; the batch in flight is still finished."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called."""
+        return self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up early when a stop is requested."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    async def _ensure_consumer(self, js: Any) -> None:
+        cfg = self.config
+        try:
+            await js.consumer_info(cfg.stream, cfg.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        consumer = api.ConsumerConfig(
+            durable_name=cfg.durable,
+            name=cfg.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=cfg.ack_wait,
+            max_ack_pending=cfg.max_ack_pending,
+            filter_subject=f"{cfg.subject_prefix}.>",
+        )
+        await js.add_consumer(cfg.stream, consumer)
+        log.info("created durable consumer %s on stream %s", cfg.durable, cfg.stream)
+
+    async def run(self) -> BridgeStats:
+        """Consume until `stop()` (or, with `until_empty`, until nothing is left); return stats."""
+        cfg = self.config
+        nc = await connect(cfg.nats_url, name=f"noetl-projector-bridge:{cfg.durable}")
+        try:
+            js = nc.jetstream()
+            try:
+                if cfg.create_stream:
+                    await ensure_stream(js, cfg.stream, cfg.subject_prefix)
+                else:
+                    await require_stream(js, cfg.stream)
+                await self._ensure_consumer(js)
+                psub = await js.pull_subscribe_bind(durable=cfg.durable, stream=cfg.stream)
+            except ProjectorError:
+                raise
+            except Exception as exc:
+                raise translate_nats(exc, f"binding to consumer {cfg.durable!r}") from exc
+            sink = await self._open_sink()
+            if sink is not None:
+                try:
+                    await self._loop(nc, psub, sink)
+                finally:
+                    await sink.close()
+            await self._refresh_lag(psub)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=5)
+            with contextlib.suppress(Exception):
+                await nc.close()
+        log.info("bridge stopped: %s", self.stats.line())
+        return self.stats
+
+    async def _open_sink(self) -> PostgresEventSink | None:
+        """Open the PostgreSQL sink, waiting (with backoff) while the database is unavailable."""
+        while not self.stopping:
+            sink = PostgresEventSink(
+                self.database_url,
+                retry_for=self.config.db_retry_for,
+                application_name="projector-consume",
+            )
+            try:
+                await sink.open()
+                self._backoff = 0.0
+                return sink
+            except DatabaseUnavailable as exc:
+                self.stats.db_failures += 1
+                self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, self._backoff)
+                await self._sleep(self._backoff)
+        return None
+
+    async def _fetch(self, psub: Any) -> list[Any]:
+        """One batch (empty when nothing came within `fetch_timeout`)."""
+        cfg = self.config
+        try:
+            msgs: list[Any] = await psub.fetch(cfg.batch, timeout=cfg.fetch_timeout)
+            return msgs
+        except TimeoutError:  # nats-py raises its own subclass or asyncio's: nothing to fetch
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            log.warning("fetch from %s/%s failed: %s; retrying", cfg.stream, cfg.durable, exc)
+            await self._sleep(1.0)
+            return []
+
+    async def _loop(self, nc: Any, psub: Any, sink: PostgresEventSink) -> None:
+        """Fetch the next batch while the current one is being written; stop between batches.
+
+        A batch that was fetched is always written and acknowledged, even after `stop()`.
+        """
+        cfg = self.config
+        next_log = time.monotonic() + cfg.log_interval
+        prefetch: asyncio.Task[list[Any]] | None = None
+        try:
+            while prefetch is not None or not self.stopping:
+                if prefetch is None:
+                    prefetch = asyncio.create_task(self._fetch(psub))
+                msgs = await prefetch
+                prefetch = None
+                if msgs:
+                    if not self.stopping:
+                        prefetch = asyncio.create_task(self._fetch(psub))
+                    await self._handle(nc, msgs, sink)
+                if cfg.log_interval > 0 and time.monotonic() >= next_log:
+                    await self._refresh_lag(psub)
+                    log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
+                    next_log = time.monotonic() + cfg.log_interval
+                if cfg.until_empty and not msgs and prefetch is None:
+                    await self._refresh_lag(psub)
+                    if self.stats.pending == 0 and self.stats.ack_pending == 0:
+                        break
+        finally:
+            if prefetch is not None:  # only on errors: its messages are redelivered after ack_wait
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
+
+    async def _refresh_lag(self, psub: Any) -> None:
+        try:
+            info = await psub.consumer_info()
+        except Exception as exc:  # lag is informative only; never stop the bridge for it
+            log.debug("consumer info unavailable: %s", exc)
+            return
+        self.stats.pending = info.num_pending
+        self.stats.ack_pending = info.num_ack_pending
+
+    async def _keep_in_progress(self, msgs: Sequence[Any]) -> None:
+        """Tell JetStream the batch is still being worked on, so it is not redelivered early."""
+        interval = max(self.config.ack_wait / 3, 0.5)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                for msg in msgs:
+                    await msg.in_progress()
+        except (nats.errors.Error, OSError) as exc:  # redelivery is harmless; just say so
+            log.warning("could not extend the batch's ack deadline: %s", exc)
+
+    async def _handle(self, nc: Any, msgs: Sequence[Any], sink: PostgresEventSink) -> None:
+        cfg = self.config
+        metas = [msg.metadata for msg in msgs]  # parsed from the reply subject on every access
+        items = [
+            RawEnvelope(msg.data, source=f"nats:{msg.subject}", position=meta.sequence.stream)
+            for msg, meta in zip(msgs, metas, strict=True)
+        ]
+        self.stats.redelivered += sum(1 for meta in metas if meta.num_delivered > 1)
+        keepalive = asyncio.create_task(self._keep_in_progress(msgs))
+        try:
+            result = await sink.emit_many(items, source=f"nats:{cfg.stream}")
+        except DatabaseUnavailable as exc:
+            self.stats.db_failures += 1
+            self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
+            log.warning(
+                "PostgreSQL unavailable (%s); %d messages left unacknowledged, retrying in %.0fs",
+                exc,
+                len(msgs),
+                self._backoff,
+            )
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._backoff)
+            await self._sleep(self._backoff)
+            return
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        self._backoff = 0.0
+        for msg, outcome in zip(msgs, result.outcomes, strict=True):
+            if outcome == "rejected":
+                await msg.term()
+            else:
+                await msg.ack()
+        # One round trip makes sure the server has every acknowledgement before we go on.
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=5)
+        self.stats.batches += 1
+        self.stats.stored += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.conflicts += result.conflicts
+        self.stats.rejected += len(result.rejected)
+        for rejection in result.rejected:
+            msg = msgs[rejection.position]
+            log.warning(
+                "rejected message %s on %s: %s",
+                metas[rejection.position].sequence.stream,
+                msg.subject,
+                rejection.reason,
+            )
+        for execution_id, event_id in result.conflict_ids:
+            log.warning(
+                "event %r of execution %r was redelivered with different content; kept the "
+                "stored row",
+                event_id,
+                execution_id,
+            )
+        self.stats.pending = metas[-1].num_pending

@@ -1,0 +1,211 @@
+"""`projector consume` and `projector nats init`: the JetStream side of the command line.
+
+`register(subparsers)` adds the commands to the main parser; each sets
+``handler(args, db) -> int`` (an async function) and ``needs_db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from ..bridge import Bridge, BridgeConfig
+from ..errors import ConfigurationError
+from ..jetstream import (
+    DEFAULT_DURABLE,
+    DEFAULT_NATS_URL,
+    DEFAULT_STREAM,
+    DEFAULT_SUBJECT_PREFIX,
+    StreamLimits,
+    connect,
+    ensure_stream,
+)
+
+__all__ = ["register"]
+
+_DEFAULT_LIMITS = StreamLimits()
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _add_nats_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats-url",
+        default=_env("PROJECTOR_NATS_URL", DEFAULT_NATS_URL),
+        help=f"NATS server (env PROJECTOR_NATS_URL; default {DEFAULT_NATS_URL})",
+    )
+    parser.add_argument(
+        "--stream",
+        default=_env("PROJECTOR_NATS_STREAM", DEFAULT_STREAM),
+        help=f"JetStream stream (env PROJECTOR_NATS_STREAM; default {DEFAULT_STREAM})",
+    )
+    parser.add_argument(
+        "--subject-prefix",
+        default=_env("PROJECTOR_NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX),
+        help="events are published to <prefix>.<execution id> (env "
+        f"PROJECTOR_NATS_SUBJECT_PREFIX; default {DEFAULT_SUBJECT_PREFIX})",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `consume` and `nats init` to the `projector` command line."""
+    consume = subparsers.add_parser(
+        "consume",
+        help="store events from NATS JetStream in PostgreSQL (the bridge)",
+        description="Fetch events from a durable JetStream pull consumer and store them with the "
+        "idempotent PostgreSQL sink; each message is acknowledged after its event is committed. "
+        "Run several to share the work. SIGINT/SIGTERM: finish the batch in flight and exit 0.",
+    )
+    _add_nats_options(consume)
+    consume.add_argument(
+        "--durable",
+        default=_env("PROJECTOR_NATS_DURABLE", DEFAULT_DURABLE),
+        help=f"durable consumer name, shared by all bridges (env PROJECTOR_NATS_DURABLE; "
+        f"default {DEFAULT_DURABLE})",
+    )
+    consume.add_argument(
+        "--batch", type=int, default=2000, help="messages per fetch and transaction (default 2000)"
+    )
+    consume.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        help="seconds before an unacknowledged message is redelivered; used when this bridge "
+        "creates the consumer (default 30)",
+    )
+    consume.add_argument(
+        "--db-retry-for",
+        type=float,
+        default=60.0,
+        help="seconds to retry a batch while PostgreSQL is unavailable before naking it and "
+        "backing off (default 60)",
+    )
+    consume.add_argument(
+        "--log-interval",
+        type=float,
+        default=10.0,
+        help="seconds between progress log lines on stderr, 0 for none (default 10)",
+    )
+    consume.add_argument(
+        "--until-empty",
+        action="store_true",
+        help="exit once the consumer has nothing pending or unacknowledged",
+    )
+    consume.add_argument(
+        "--create-stream",
+        action="store_true",
+        help="create the stream with the default limits when it is missing",
+    )
+    consume.add_argument("--json", action="store_true", help="print a JSON summary on exit")
+    consume.set_defaults(handler=consume_command, needs_db=True)
+
+    nats = subparsers.add_parser("nats", help="NATS JetStream set-up")
+    nats_sub = nats.add_subparsers(dest="nats_command", required=True)
+    init = nats_sub.add_parser(
+        "init",
+        help="create the events stream (file storage, documented limits)",
+        description="Create the stream over <subject-prefix>.> with file storage, work-queue "
+        "retention and discard=new; an existing stream is left unchanged.",
+    )
+    _add_nats_options(init)
+    init.add_argument(
+        "--max-age",
+        type=float,
+        default=_DEFAULT_LIMITS.max_age,
+        help="seconds an unconsumed event is kept (default 604800, 7 days)",
+    )
+    init.add_argument(
+        "--max-bytes",
+        type=int,
+        default=_DEFAULT_LIMITS.max_bytes,
+        help="stream size limit; publishes are refused beyond it, -1 for none (default 1 GiB)",
+    )
+    init.add_argument(
+        "--duplicate-window",
+        type=float,
+        default=_DEFAULT_LIMITS.duplicate_window,
+        help="seconds JetStream drops re-published event ids (default 120)",
+    )
+    init.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    init.set_defaults(handler=nats_init_command, needs_db=False)
+
+
+def _ensure_logging() -> None:
+    """Progress lines are the bridge's output: show its INFO records even without --verbose."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logging.getLogger("projector.bridge").setLevel(logging.INFO)
+
+
+async def consume_command(args: argparse.Namespace, db: str) -> int:
+    """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop."""
+    _ensure_logging()
+    if args.batch < 1:
+        raise ConfigurationError("--batch must be at least 1")
+    bridge = Bridge(
+        db,
+        BridgeConfig(
+            nats_url=args.nats_url,
+            stream=args.stream,
+            subject_prefix=args.subject_prefix,
+            durable=args.durable,
+            batch=args.batch,
+            log_interval=args.log_interval,
+            ack_wait=args.ack_wait,
+            db_retry_for=args.db_retry_for,
+            until_empty=args.until_empty,
+            create_stream=args.create_stream,
+        ),
+    )
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if bridge.stopping and task is not None:
+            # A second signal: give up on the batch in flight (it will be redelivered).
+            task.cancel()
+            return
+        logging.getLogger(__name__).info(
+            "%s: finishing the batch in flight, then exiting", signal.Signals(signum).name
+        )
+        bridge.stop()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        stats = await bridge.run()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    if args.json:
+        print(json.dumps(stats.summary()), flush=True)
+    return 0
+
+
+async def nats_init_command(args: argparse.Namespace, db: str | None = None) -> int:
+    """Create the stream unless it exists; print what happened."""
+    limits = StreamLimits(
+        max_age=args.max_age, max_bytes=args.max_bytes, duplicate_window=args.duplicate_window
+    )
+    nc = await connect(args.nats_url, name="noetl-projector-init")
+    try:
+        created = await ensure_stream(nc.jetstream(), args.stream, args.subject_prefix, limits)
+    finally:
+        await nc.close()
+    subjects = f"{args.subject_prefix}.>"
+    if args.json:
+        print(json.dumps({"stream": args.stream, "subjects": subjects, "created": created}))
+    else:
+        state = "created" if created else "already exists (left unchanged)"
+        print(f"stream {args.stream} over {subjects}: {state}")
+    return 0

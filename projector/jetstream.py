@@ -1,0 +1,230 @@
+"""What the NATS sink and the bridge share: names and defaults, subject mapping, stream set-up,
+connecting, and translating nats-py errors into the project's errors.
+
+Subjects
+--------
+Events are published to ``<subject_prefix>.<token>`` where ``<token>`` is the execution id made
+safe for one NATS subject token (:func:`subject_token`): every byte of the id's UTF-8 form that is
+not a printable ASCII character other than ``.``, ``*``, ``>`` and ``%`` is written as ``%XX``
+(upper-case hex), so ``exec 1.2`` becomes ``exec%201%2E2``. Snowflake ids (digits) and the usual
+``[A-Za-z0-9_-:]`` ids pass through unchanged. The mapping is injective; ids whose escaped form
+would exceed :data:`MAX_TOKEN_LENGTH` characters become ``%H`` followed by 40 hex digits of their
+SHA-256 (``%H`` never appears in an escaped id, so such tokens cannot collide with short ones).
+
+Message ids
+-----------
+The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above and
+joined by a dot, because event ids need only be unique within their execution.
+
+Stream
+------
+:func:`ensure_stream` creates the stream (default ``NOETL_EVENTS`` over ``noetl.events.>``) with
+the limits in :class:`StreamLimits`: file storage, work-queue retention (a message leaves the stream
+once the bridge acknowledges it: PostgreSQL holds the history, the stream is only the buffer),
+``discard=new`` (a full stream refuses publishes, so producers see an error instead of old events
+silently disappearing), ``max_age`` 7 days, ``max_bytes`` 1 GiB and a 2-minute duplicate window
+for the ``Nats-Msg-Id`` header. An existing stream is left as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from .errors import ConfigurationError, NatsUnavailable, ProjectorError, PublishRejected
+
+__all__ = [
+    "DEFAULT_DURABLE",
+    "DEFAULT_NATS_URL",
+    "DEFAULT_STREAM",
+    "DEFAULT_SUBJECT_PREFIX",
+    "MAX_TOKEN_LENGTH",
+    "StreamLimits",
+    "connect",
+    "ensure_stream",
+    "msg_id",
+    "subject_for",
+    "subject_token",
+    "translate_nats",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_STREAM = "NOETL_EVENTS"
+DEFAULT_SUBJECT_PREFIX = "noetl.events"
+DEFAULT_DURABLE = "projector"
+
+#: Longest escaped execution id used verbatim in a subject; longer ones are hashed.
+MAX_TOKEN_LENGTH = 128
+
+_PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset(".*>%")
+
+
+def subject_token(execution_id: str) -> str:
+    """The execution id as one NATS subject token (see the module docstring for the mapping)."""
+    out: list[str] = []
+    for ch in execution_id:
+        if ch in _PLAIN:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
+    token = "".join(out)
+    if len(token) > MAX_TOKEN_LENGTH:
+        return "%H" + hashlib.sha256(execution_id.encode("utf-8")).hexdigest()[:40]
+    return token
+
+
+def subject_for(execution_id: str, prefix: str = DEFAULT_SUBJECT_PREFIX) -> str:
+    """The subject events of `execution_id` are published to: ``<prefix>.<subject_token>``."""
+    return f"{prefix}.{subject_token(execution_id)}"
+
+
+def msg_id(execution_id: str, event_id: str) -> str:
+    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>``.
+
+    JetStream deduplicates by message id across the whole stream, while event ids are unique only
+    within an execution (the table's key is the pair), so the id carries both; escaping keeps it
+    injective and free of characters a header value cannot hold.
+    """
+    return f"{subject_token(execution_id)}.{subject_token(event_id)}"
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a subject prefix (dot-separated tokens, no wildcards, no white space)."""
+    if not prefix or any(not t or not set(t) <= _PLAIN for t in prefix.split(".")):
+        raise ConfigurationError(
+            f"subject prefix {prefix!r} must be dot-separated tokens of printable ASCII without "
+            "white space, wildcards (* >) or % (for example noetl.events)"
+        )
+    return prefix
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Limits a stream is created with (module docstring). ``max_bytes=-1`` means no limit."""
+
+    max_age: float = 7 * 24 * 3600.0
+    max_bytes: int = 1 << 30
+    duplicate_window: float = 120.0
+    work_queue: bool = True
+
+    def config(self, name: str, subjects: list[str]) -> api.StreamConfig:
+        """The JetStream configuration for a stream `name` over `subjects`."""
+        return api.StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=api.StorageType.FILE,
+            retention=(
+                api.RetentionPolicy.WORK_QUEUE if self.work_queue else api.RetentionPolicy.LIMITS
+            ),
+            discard=api.DiscardPolicy.NEW,
+            max_age=self.max_age,
+            max_bytes=self.max_bytes,
+            duplicate_window=self.duplicate_window,
+            num_replicas=1,
+        )
+
+
+async def ensure_stream(
+    js: Any,
+    stream: str = DEFAULT_STREAM,
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
+    limits: StreamLimits | None = None,
+) -> bool:
+    """Create `stream` over ``<subject_prefix>.>`` unless it exists; True when it was created."""
+    check_prefix(subject_prefix)
+    try:
+        await js.stream_info(stream)
+        return False
+    except nats.js.errors.NotFoundError:
+        pass
+    except Exception as exc:
+        raise translate_nats(exc, f"looking up stream {stream!r}") from exc
+    config = (limits or StreamLimits()).config(stream, [f"{subject_prefix}.>"])
+    try:
+        await js.add_stream(config)
+    except Exception as exc:
+        raise translate_nats(exc, f"creating stream {stream!r}") from exc
+    log.info("created JetStream stream %s over %s.>", stream, subject_prefix)
+    return True
+
+
+async def require_stream(js: Any, stream: str) -> None:
+    """Raise :class:`~projector.errors.StreamMissing` unless `stream` exists."""
+    from .errors import StreamMissing
+
+    try:
+        await js.stream_info(stream)
+    except nats.js.errors.NotFoundError as exc:
+        raise StreamMissing(
+            f"JetStream stream {stream!r} does not exist; create it with `projector nats init` "
+            "(or NatsEventSink(..., create_stream=True))"
+        ) from exc
+    except Exception as exc:
+        raise translate_nats(exc, f"looking up stream {stream!r}") from exc
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc)
+
+
+async def _log_reconnected() -> None:
+    log.info("NATS connection re-established")
+
+
+async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
+    """Connect to NATS (reconnecting forever after a first success); errors become ours."""
+    client: list[Any] = []
+
+    async def _log_disconnected() -> None:
+        if client and not client[0].is_closed:  # closing on purpose also "disconnects"
+            log.warning("NATS connection to %s lost; reconnecting", url)
+
+    try:
+        nc = await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            # nats-py's first connect honours the same limit as reconnects; -1 would retry an
+            # unreachable server forever, so fail fast here and lift the limit once connected.
+            max_reconnect_attempts=2,
+            reconnect_time_wait=0.5,
+            error_cb=_log_error,
+            disconnected_cb=_log_disconnected,
+            reconnected_cb=_log_reconnected,
+        )
+    except Exception as exc:
+        raise NatsUnavailable(
+            f"could not connect to NATS at {url}: {exc or type(exc).__name__}; is nats-server "
+            "running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
+        ) from exc
+    nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
+    client.append(nc)
+    return nc
+
+
+def translate_nats(exc: BaseException, doing: str) -> ProjectorError:
+    """Map a nats-py error met while `doing` something to the project's error type."""
+    if isinstance(exc, ProjectorError):
+        return exc
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return PublishRejected(
+            f"{doing}: no JetStream stream listens on the subject; create one with "
+            "`projector nats init` (is JetStream enabled, nats-server -js?)"
+        )
+    if isinstance(exc, nats.js.errors.APIError):
+        return PublishRejected(f"{doing}: JetStream refused: {exc.description} (code {exc.code})")
+    if isinstance(exc, TimeoutError | nats.errors.Error | OSError):
+        return NatsUnavailable(
+            f"{doing}: NATS did not answer ({type(exc).__name__}: {exc}); it is safe to retry"
+        )
+    return ProjectorError(f"{doing}: {type(exc).__name__}: {exc}")

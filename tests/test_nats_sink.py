@@ -1,0 +1,129 @@
+"""NatsEventSink against a real NATS server: subjects, acknowledged publishes, broker dedupe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projector import NatsEventSink
+from projector.errors import ConfigurationError, NatsUnavailable, StreamMissing
+from projector.jetstream import (
+    MAX_TOKEN_LENGTH,
+    StreamLimits,
+    msg_id,
+    subject_for,
+    subject_token,
+)
+from projector.sinks import envelope_bytes
+from tests.natsutil import Names, _free_port, make_events
+
+pytestmark = pytest.mark.nats
+
+
+def test_subject_token_keeps_plain_ids_and_escapes_the_rest() -> None:
+    assert subject_token("1234567890123456789") == "1234567890123456789"
+    assert subject_token("exec_test-1:a") == "exec_test-1:a"
+    assert subject_token("exec 1.2") == "exec%201%2E2"
+    assert subject_token("a*b>c%d") == "a%2Ab%3Ec%25d"
+    assert subject_token("é\t") == "%C3%A9%09"
+    assert subject_for("x.y", "noetl.events") == "noetl.events.x%2Ey"
+
+
+def test_long_ids_are_hashed_into_a_bounded_token() -> None:
+    token = subject_token("x" * (MAX_TOKEN_LENGTH + 1))
+    assert token.startswith("%H") and len(token) == 42
+    assert subject_token("x" * MAX_TOKEN_LENGTH) == "x" * MAX_TOKEN_LENGTH
+
+
+@given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_subject_token_is_injective_and_a_single_token(a: str, b: str) -> None:
+    ta, tb = subject_token(a), subject_token(b)
+    assert all(c not in ta for c in ".*> \t\r\n") and ta.isascii() and ta.isprintable()
+    assert (ta == tb) == (a == b)
+
+
+def test_bad_prefix_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        NatsEventSink(subject_prefix="noetl.*")
+    with pytest.raises(ConfigurationError):
+        NatsEventSink(subject_prefix="noetl..events")
+
+
+async def test_emit_publishes_envelope_bytes_with_msg_id(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    event = make_events(1, execution_id="exec 7.a")[0].model_copy(update={"event_id": None})
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        published = await sink.emit(event)
+    assert published.event_id == event.resolved_event_id()
+    assert published.subject == f"{names.prefix}.exec%207%2Ea"
+    assert not published.duplicate
+    stored = await js.get_msg(names.stream, published.seq)
+    assert stored.subject == published.subject
+    assert stored.data == envelope_bytes(event)
+    assert stored.headers["Nats-Msg-Id"] == "exec%207%2Ea." + subject_token(published.event_id)
+
+
+async def test_republishing_an_event_is_dropped_by_the_broker(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    events = make_events(5)
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        first = await sink.emit_many(events)
+        again = await sink.emit(events[2])
+        many_again = await sink.emit_many(events)
+    assert [p.duplicate for p in first] == [False] * 5
+    assert again.duplicate and again.seq == first[2].seq
+    assert all(p.duplicate for p in many_again)
+    info = await js.stream_info(names.stream)
+    assert info.state.messages == 5
+
+
+async def test_same_event_id_in_two_executions_is_not_a_duplicate(
+    nats_url: str, names: Names
+) -> None:
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        published = await sink.emit_many(make_events(1, "1") + make_events(1, "2"))
+    assert [p.duplicate for p in published] == [False, False]
+
+
+def test_msg_id_is_injective_and_header_safe() -> None:
+    assert msg_id("a.b", "c") != msg_id("a", "b.c")
+    assert msg_id("7", "e\r\nX: y") == "7.e%0D%0AX:%20y"
+
+
+async def test_missing_stream_raises_unless_asked_to_create(nats_url: str, js: Any) -> None:
+    stream = "T_missing_" + _free_port().__str__()
+    with pytest.raises(StreamMissing, match="projector nats init"):
+        async with NatsEventSink(nats_url, stream=stream, subject_prefix=f"{stream}.ev"):
+            pass
+    limits = StreamLimits(max_bytes=10 << 20)
+    try:
+        async with NatsEventSink(
+            nats_url,
+            stream=stream,
+            subject_prefix=f"{stream}.ev",
+            create_stream=True,
+            limits=limits,
+        ) as sink:
+            await sink.emit(make_events(1)[0])
+        info = await js.stream_info(stream)
+        assert info.config.subjects == [f"{stream}.ev.>"]
+        assert info.config.storage == "file"
+        assert info.config.retention == "workqueue"
+        assert info.config.discard == "new"
+        assert info.config.max_bytes == 10 << 20
+        assert info.config.duplicate_window == limits.duplicate_window
+        assert info.config.max_age == limits.max_age
+        assert info.state.messages == 1
+    finally:
+        await js.delete_stream(stream)
+
+
+async def test_unreachable_server_raises_nats_unavailable() -> None:
+    with pytest.raises(NatsUnavailable, match="could not connect"):
+        async with NatsEventSink(f"nats://127.0.0.1:{_free_port()}", timeout=1):
+            pass
