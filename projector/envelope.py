@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -71,6 +72,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 _OPTIONAL_ON_WIRE = frozenset({"event_id", "worker_id", "meta", "status"})
 UNKNOWN_FIELDS_KEY = "unknown_fields"
+_CANONICAL = frozenset(ENVELOPE_FIELDS)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -92,6 +94,18 @@ def _text_problem(value: str, path: str) -> str | None:
         except UnicodeEncodeError:
             return f"{path} contains a lone surrogate, which is not valid UTF-8"
     return None
+
+
+def _plain_json(value: JsonValue) -> bool:
+    """True when `value` is surely storable as jsonb (a fast check; False means "look closer")."""
+    if not value:
+        return value is None or value == {} or value == [] or value == "" or value == 0
+    try:
+        dumped = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):  # non-JSON types, lone surrogates, huge integers
+        return False
+    # orjson writes NaN and infinities as null, and U+0000 as an escape: both need a closer look.
+    return b"null" not in dumped and b"\\u0000" not in dumped
 
 
 def _json_problem(value: JsonValue, path: str) -> str | None:
@@ -117,6 +131,33 @@ def _json_problem(value: JsonValue, path: str) -> str | None:
                 return problem
         return None
     return f"{path} holds a {type(value).__name__}, which is not JSON"
+
+
+def _respell(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Map aliases to canonical names; keep unknown fields and losing aliases in meta."""
+    out: dict[str, Any] = {}
+    used: set[str] = set()
+    for name in ENVELOPE_FIELDS:
+        for key in (name, *_ALIASES.get(name, ())):
+            if key in data:
+                out[name] = data[key]
+                used.add(key)
+                break
+    # Unknown fields, and aliases that lost to another spelling, are content: keep them.
+    unknown = {k: v for k, v in data.items() if k not in used}
+    if unknown:
+        meta = out.get("meta")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, Mapping):
+            raise ValueError("meta must be a JSON object or null")
+        meta = dict(meta)
+        kept = meta.get(UNKNOWN_FIELDS_KEY)
+        if kept is not None and not isinstance(kept, Mapping):
+            raise ValueError(f"meta.{UNKNOWN_FIELDS_KEY} is reserved for unknown fields")
+        meta[UNKNOWN_FIELDS_KEY] = {**(kept or {}), **unknown}
+        out["meta"] = meta
+    return out
 
 
 def _id_text(value: object, field: str, *, optional: bool) -> str | None:
@@ -160,30 +201,14 @@ class ExecutorEvent(BaseModel):
     def _accept_spellings(cls, data: object) -> object:
         if not isinstance(data, Mapping):
             raise ValueError(f"an envelope must be a JSON object, not {type(data).__name__}")
-        out: dict[str, Any] = {}
-        used: set[str] = set()
-        for name in ENVELOPE_FIELDS:
-            for key in (name, *_ALIASES.get(name, ())):
-                if key in data:
-                    out[name] = data[key]
-                    used.add(key)
-                    break
-        # Unknown fields, and aliases that lost to another spelling, are content: keep them.
-        unknown = {k: v for k, v in data.items() if k not in used}
-        if unknown:
-            meta = out.get("meta")
-            if meta is None:
-                meta = {}
-            if not isinstance(meta, Mapping):
-                raise ValueError("meta must be a JSON object or null")
-            meta = dict(meta)
-            kept = meta.get(UNKNOWN_FIELDS_KEY)
-            if kept is not None and not isinstance(kept, Mapping):
-                raise ValueError(f"meta.{UNKNOWN_FIELDS_KEY} is reserved for unknown fields")
-            meta[UNKNOWN_FIELDS_KEY] = {**(kept or {}), **unknown}
-            out["meta"] = meta
-        out["execution_id"] = _id_text(out.get("execution_id"), "execution_id", optional=False)
-        out["event_id"] = _id_text(out.get("event_id"), "event_id", optional=True)
+        # The common case, canonical names only, takes no detour: this runs once per event.
+        out = dict(data) if _CANONICAL.issuperset(data) else _respell(data)
+        execution_id = out.get("execution_id")
+        if type(execution_id) is not str or not execution_id.strip():
+            out["execution_id"] = _id_text(execution_id, "execution_id", optional=False)
+        event_id = out.get("event_id")
+        if event_id is not None and (type(event_id) is not str or not event_id.strip()):
+            out["event_id"] = _id_text(event_id, "event_id", optional=True)
         if out.get("step") is None:
             out["step"] = ""
         if "created_at" in out and not isinstance(out["created_at"], str | datetime):
@@ -207,9 +232,27 @@ class ExecutorEvent(BaseModel):
     @model_validator(mode="after")
     def _storable(self) -> ExecutorEvent:
         # PostgreSQL text and jsonb cannot hold U+0000 and JSON has no NaN: reject such input
-        # here, naming the field, rather than fail a whole batch in the database.
-        for name in ENVELOPE_FIELDS:
-            problem = _json_problem(getattr(self, name), name) if name != "created_at" else None
+        # here, naming the field, rather than fail a whole batch in the database. Fast checks
+        # first; the field-by-field walk only runs when one of them is not conclusive.
+        texts = "".join(
+            (
+                self.execution_id,
+                self.event_type,
+                self.step,
+                self.event_id or "",
+                self.status or "",
+                self.worker_id or "",
+            )
+        )
+        suspects: list[str] = []
+        if "\x00" in texts or not texts.isascii():
+            suspects += ["execution_id", "event_id", "event_type", "step", "status", "worker_id"]
+        if not _plain_json(self.context):
+            suspects.append("context")
+        if self.meta is not None and not _plain_json(self.meta):
+            suspects.append("meta")
+        for name in suspects:
+            problem = _json_problem(getattr(self, name), name)
             if problem:
                 raise ValueError(problem)
         return self
