@@ -13,6 +13,14 @@ stored result is exactly once:
   and the bridge backs off (up to 30 s) and goes on; while a batch is being written the bridge tells
   JetStream it is still in progress, so slow retries don't cause early redelivery.
 
+Fetching does not use nats-py's ``fetch`` (which spends ~80 µs a message on timers and queues):
+`projector.jspull.PullConsumer` requests batches itself on a private inbox (``no_wait`` first, a
+waiting ``expires`` request only when nothing is there), takes the messages before nats-py builds
+``Msg`` objects, treats JetStream status messages (404, 408, 409, heartbeats) as the end of a
+request, and writes a batch's acks as one buffer; the next batch is fetched while the current one
+is written. A batch ends when it is full or the server says no more are there, and every message
+of it is written and then acked (or termed) exactly as described above.
+
 Several bridges on the same durable consumer split the work. `stop()` (SIGINT/SIGTERM in the CLI)
 stops fetching; the batch in flight is finished and acknowledged. A bridge killed outright loses
 nothing: its unacknowledged messages are redelivered after the consumer's ``ack_wait``.
