@@ -13,6 +13,14 @@ stored result is exactly once:
   and the bridge backs off (up to 30 s) and goes on; while a batch is being written the bridge tells
   JetStream it is still in progress, so slow retries don't cause early redelivery.
 
+Fetching does not use nats-py's ``fetch`` (which spends ~80 µs a message on timers and queues):
+`projector.jspull.PullConsumer` requests batches itself on a private inbox (``no_wait`` first, a
+waiting ``expires`` request only when nothing is there), takes the messages before nats-py builds
+``Msg`` objects, treats JetStream status messages (404, 408, 409, heartbeats) as the end of a
+request, and writes a batch's acks as one buffer; the next batch is fetched while the current one
+is written. A batch ends when it is full or the server says no more are there, and every message
+of it is written and then acked (or termed) exactly as described above.
+
 Several bridges on the same durable consumer split the work. `stop()` (SIGINT/SIGTERM in the CLI)
 stops fetching; the batch in flight is finished and acknowledged. A bridge killed outright loses
 nothing: its unacknowledged messages are redelivered after the consumer's ``ack_wait``.
@@ -44,6 +52,7 @@ from .jetstream import (
     require_stream,
     translate_nats,
 )
+from .jspull import ACK, PROGRESS, TERM, PullConsumer, Pulled, ack_info, nak_payload
 from .pgsink import PostgresEventSink, RawEnvelope
 
 __all__ = ["Bridge", "BridgeConfig", "BridgeStats"]
@@ -169,18 +178,22 @@ class Bridge:
                 else:
                     await require_stream(js, cfg.stream)
                 await self._ensure_consumer(js)
-                psub = await js.pull_subscribe_bind(durable=cfg.durable, stream=cfg.stream)
+                puller = PullConsumer(nc, cfg.stream, cfg.durable)
+                await puller.start()
             except ProjectorError:
                 raise
             except Exception as exc:
                 raise translate_nats(exc, f"binding to consumer {cfg.durable!r}") from exc
-            sink = await self._open_sink()
-            if sink is not None:
-                try:
-                    await self._loop(nc, psub, sink)
-                finally:
-                    await sink.close()
-            await self._refresh_lag(psub)
+            try:
+                sink = await self._open_sink()
+                if sink is not None:
+                    try:
+                        await self._loop(js, puller, sink)
+                    finally:
+                        await sink.close()
+                await self._refresh_lag(js)
+            finally:
+                await puller.close()
         finally:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=5)
@@ -208,80 +221,89 @@ class Bridge:
                 await self._sleep(self._backoff)
         return None
 
-    async def _fetch(self, psub: Any) -> list[Any]:
-        """One batch (empty when nothing came within `fetch_timeout`)."""
+    async def _fetch(self, puller: PullConsumer) -> list[Pulled]:
+        """One batch (empty when nothing came within `fetch_timeout`; with `until_empty`, when
+        nothing is there right now)."""
         cfg = self.config
         try:
-            msgs: list[Any] = await psub.fetch(cfg.batch, timeout=cfg.fetch_timeout)
-            return msgs
-        except TimeoutError:  # nats-py raises its own subclass or asyncio's: nothing to fetch
-            return []
+            return await puller.fetch(cfg.batch, 0.0 if cfg.until_empty else cfg.fetch_timeout)
         except (nats.errors.Error, OSError) as exc:
             log.warning("fetch from %s/%s failed: %s; retrying", cfg.stream, cfg.durable, exc)
             await self._sleep(1.0)
             return []
 
-    async def _loop(self, nc: Any, psub: Any, sink: PostgresEventSink) -> None:
+    async def _loop(self, js: Any, puller: PullConsumer, sink: PostgresEventSink) -> None:
         """Fetch the next batch while the current one is being written; stop between batches.
 
         A batch that was fetched is always written and acknowledged, even after `stop()`.
         """
         cfg = self.config
         next_log = time.monotonic() + cfg.log_interval
-        prefetch: asyncio.Task[list[Any]] | None = None
+        prefetch: asyncio.Task[list[Pulled]] | None = None
         try:
             while prefetch is not None or not self.stopping:
                 if prefetch is None:
-                    prefetch = asyncio.create_task(self._fetch(psub))
+                    prefetch = asyncio.create_task(self._fetch(puller))
                 msgs = await prefetch
                 prefetch = None
                 if msgs:
                     if not self.stopping:
-                        prefetch = asyncio.create_task(self._fetch(psub))
-                    await self._handle(nc, msgs, sink)
+                        prefetch = asyncio.create_task(self._fetch(puller))
+                    await self._handle(puller, msgs, sink)
                 if cfg.log_interval > 0 and time.monotonic() >= next_log:
-                    await self._refresh_lag(psub)
+                    await self._refresh_lag(js)
                     log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
                     next_log = time.monotonic() + cfg.log_interval
                 if cfg.until_empty and not msgs and prefetch is None:
-                    await self._refresh_lag(psub)
+                    await self._refresh_lag(js)
                     if self.stats.pending == 0 and self.stats.ack_pending == 0:
                         break
+                    # Another bridge holds the rest unacknowledged (or the lag is unknown).
+                    await self._sleep(0.05)
         finally:
             if prefetch is not None:  # only on errors: its messages are redelivered after ack_wait
                 prefetch.cancel()
                 with contextlib.suppress(BaseException):
                     await prefetch
 
-    async def _refresh_lag(self, psub: Any) -> None:
+    async def _refresh_lag(self, js: Any) -> None:
         try:
-            info = await psub.consumer_info()
+            info = await js.consumer_info(self.config.stream, self.config.durable)
         except Exception as exc:  # lag is informative only; never stop the bridge for it
             log.debug("consumer info unavailable: %s", exc)
             return
         self.stats.pending = info.num_pending
         self.stats.ack_pending = info.num_ack_pending
 
-    async def _keep_in_progress(self, msgs: Sequence[Any]) -> None:
+    async def _keep_in_progress(self, puller: PullConsumer, msgs: Sequence[Pulled]) -> None:
         """Tell JetStream the batch is still being worked on, so it is not redelivered early."""
         interval = max(self.config.ack_wait / 3, 0.5)
         try:
             while True:
                 await asyncio.sleep(interval)
-                for msg in msgs:
-                    await msg.in_progress()
+                await puller.reply_all(msgs, PROGRESS)
         except (nats.errors.Error, OSError) as exc:  # redelivery is harmless; just say so
             log.warning("could not extend the batch's ack deadline: %s", exc)
 
-    async def _handle(self, nc: Any, msgs: Sequence[Any], sink: PostgresEventSink) -> None:
+    async def _handle(
+        self, puller: PullConsumer, msgs: Sequence[Pulled], sink: PostgresEventSink
+    ) -> None:
         cfg = self.config
-        metas = [msg.metadata for msg in msgs]  # parsed from the reply subject on every access
-        items = [
-            RawEnvelope(msg.data, source=f"nats:{msg.subject}", position=meta.sequence.stream)
-            for msg, meta in zip(msgs, metas, strict=True)
-        ]
-        self.stats.redelivered += sum(1 for meta in metas if meta.num_delivered > 1)
-        keepalive = asyncio.create_task(self._keep_in_progress(msgs))
+        items: list[RawEnvelope] = []
+        append = items.append
+        redelivered = 0
+        pending: int | None = None
+        for subject, reply, data in msgs:
+            try:
+                delivered, sequence, pending = ack_info(reply)
+            except ValueError:  # not from JetStream's pull API: still stored, no position
+                sequence = None
+            else:
+                if delivered > 1:
+                    redelivered += 1
+            append(RawEnvelope(data, source="nats:" + subject.decode(), position=sequence))
+        self.stats.redelivered += redelivered
+        keepalive = asyncio.create_task(self._keep_in_progress(puller, msgs))
         try:
             result = await sink.emit_many(items, source=f"nats:{cfg.stream}")
         except DatabaseUnavailable as exc:
@@ -293,9 +315,8 @@ class Bridge:
                 len(msgs),
                 self._backoff,
             )
-            for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=self._backoff)
+            with contextlib.suppress(Exception):
+                await puller.reply_all(msgs, nak_payload(self._backoff))
             await self._sleep(self._backoff)
             return
         finally:
@@ -303,25 +324,25 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         self._backoff = 0.0
-        for msg, outcome in zip(msgs, result.outcomes, strict=True):
-            if outcome == "rejected":
-                await msg.term()
-            else:
-                await msg.ack()
+        if result.rejected:
+            outcomes = list(zip(msgs, result.outcomes, strict=True))
+            await puller.reply_all([m for m, o in outcomes if o != "rejected"], ACK)
+            await puller.reply_all([m for m, o in outcomes if o == "rejected"], TERM)
+        else:
+            await puller.reply_all(msgs, ACK)
         # One round trip makes sure the server has every acknowledgement before we go on.
         with contextlib.suppress(Exception):
-            await nc.flush(timeout=5)
+            await puller.flush(5)
         self.stats.batches += 1
         self.stats.stored += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.conflicts += result.conflicts
         self.stats.rejected += len(result.rejected)
         for rejection in result.rejected:
-            msg = msgs[rejection.position]
             log.warning(
                 "rejected message %s on %s: %s",
-                metas[rejection.position].sequence.stream,
-                msg.subject,
+                items[rejection.position].position,
+                msgs[rejection.position][0].decode(),
                 rejection.reason,
             )
         for execution_id, event_id in result.conflict_ids:
@@ -331,4 +352,5 @@ class Bridge:
                 event_id,
                 execution_id,
             )
-        self.stats.pending = metas[-1].num_pending
+        if pending is not None:
+            self.stats.pending = pending
