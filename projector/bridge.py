@@ -72,6 +72,9 @@ class BridgeConfig:
     durable: str = DEFAULT_DURABLE
     #: Messages fetched (and written in one transaction) at a time.
     batch: int = 2000
+    #: Batches written at once (their transactions never wait on each other's locks for long:
+    #: the sink splits each batch into lanes by execution id).
+    in_flight: int = 2
     #: How long one fetch waits for messages; also bounds how quickly a stop request is seen.
     fetch_timeout: float = 1.0
     #: Seconds between progress log lines (0: none).
@@ -233,13 +236,24 @@ class Bridge:
             return []
 
     async def _loop(self, js: Any, puller: PullConsumer, sink: PostgresEventSink) -> None:
-        """Fetch the next batch while the current one is being written; stop between batches.
+        """Fetch the next batch while earlier ones are written; stop between batches.
 
-        A batch that was fetched is always written and acknowledged, even after `stop()`.
+        Up to `in_flight` batches are written at once, so one batch's validation (CPU in this
+        process) overlaps another's transaction (CPU in PostgreSQL). A batch that was fetched is
+        always written and acknowledged, even after `stop()`.
         """
         cfg = self.config
         next_log = time.monotonic() + cfg.log_interval
         prefetch: asyncio.Task[list[Pulled]] | None = None
+        writing: set[asyncio.Task[None]] = set()
+
+        async def settle(until: int) -> None:
+            while len(writing) > until:
+                done, _ = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    writing.discard(task)
+                    task.result()  # a failure of the bridge itself stops it
+
         try:
             while prefetch is not None or not self.stopping:
                 if prefetch is None:
@@ -247,24 +261,29 @@ class Bridge:
                 msgs = await prefetch
                 prefetch = None
                 if msgs:
+                    await settle(cfg.in_flight - 1)
                     if not self.stopping:
                         prefetch = asyncio.create_task(self._fetch(puller))
-                    await self._handle(puller, msgs, sink)
+                    writing.add(asyncio.create_task(self._handle(puller, msgs, sink)))
                 if cfg.log_interval > 0 and time.monotonic() >= next_log:
                     await self._refresh_lag(js)
                     log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
                     next_log = time.monotonic() + cfg.log_interval
                 if cfg.until_empty and not msgs and prefetch is None:
+                    await settle(0)
                     await self._refresh_lag(js)
                     if self.stats.pending == 0 and self.stats.ack_pending == 0:
                         break
                     # Another bridge holds the rest unacknowledged (or the lag is unknown).
                     await self._sleep(0.05)
+            await settle(0)
         finally:
             if prefetch is not None:  # only on errors: its messages are redelivered after ack_wait
                 prefetch.cancel()
                 with contextlib.suppress(BaseException):
                     await prefetch
+            if writing:  # only on errors: let the batches being written finish and be acked
+                await asyncio.gather(*writing, return_exceptions=True)
 
     async def _refresh_lag(self, js: Any) -> None:
         try:

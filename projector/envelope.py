@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -73,6 +73,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _OPTIONAL_ON_WIRE = frozenset({"event_id", "worker_id", "meta", "status"})
 UNKNOWN_FIELDS_KEY = "unknown_fields"
 _CANONICAL = frozenset(ENVELOPE_FIELDS)
+_ZERO = timedelta(0)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -225,7 +226,14 @@ class ExecutorEvent(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
+        tz = value.tzinfo
+        if tz is UTC:
+            return value
+        if tz is None:
+            return value.replace(tzinfo=UTC)
+        # `Z` parses to pydantic's own zero-offset tzinfo: replacing it is much cheaper than
+        # astimezone(), which calls back into that tzinfo.
+        if value.utcoffset() == _ZERO:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 

@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--batch", type=int, default=2000, help="messages per fetch and transaction (default 2000)"
     )
     consume.add_argument(
+        "--in-flight",
+        type=int,
+        default=2,
+        help="batches written at once, so validation overlaps the database's work (default 2)",
+    )
+    consume.add_argument(
         "--ack-wait",
         type=float,
         default=30.0,
@@ -151,6 +157,8 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
     _ensure_logging()
     if args.batch < 1:
         raise ConfigurationError("--batch must be at least 1")
+    if args.in_flight < 1:
+        raise ConfigurationError("--in-flight must be at least 1")
     bridge = Bridge(
         db,
         BridgeConfig(
@@ -159,6 +167,7 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
             subject_prefix=args.subject_prefix,
             durable=args.durable,
             batch=args.batch,
+            in_flight=args.in_flight,
             log_interval=args.log_interval,
             ack_wait=args.ack_wait,
             db_retry_for=args.db_retry_for,
