@@ -160,21 +160,8 @@ CREATE AGGREGATE noetl.step_fold(text, text, integer, timestamptz, text) (
 
 # Both views are exact at all times: they read noetl.event directly. A qual on execution_id (and
 # step) is pushed into the grouped subqueries, so one execution's status is an index scan.
-VIEWS = r"""
-CREATE VIEW noetl.step_status AS
-SELECT g.execution_id,
-       g.step,
-       (g.f).status AS status,
-       (g.f).attempt AS attempts,
-       g.started_at,
-       (g.f).finished_at AS finished_at,
-       g.last_event_at,
-       (g.f).last_event_type AS last_event_type,
-       g.event_count,
-       (g.f).error AS error
-FROM (
-    SELECT e.execution_id,
-           e.step,
+# One step's status, shared by the grouped view and by the projector's per-step function.
+STEP_AGGREGATES = r"""
            noetl.step_fold(
                noetl.normalize_status(e.status, e.event_type),
                e.event_type,
@@ -188,10 +175,48 @@ FROM (
            min(e.created_at) AS started_at,
            max(e.created_at) AS last_event_at,
            count(*) AS event_count
+"""
+STEP_COLUMNS = r"""
+       g.execution_id,
+       g.step,
+       (g.f).status AS status,
+       (g.f).attempt AS attempts,
+       g.started_at,
+       (g.f).finished_at AS finished_at,
+       g.last_event_at,
+       (g.f).last_event_type AS last_event_type,
+       g.event_count,
+       (g.f).error AS error
+"""
+STEP_EVENTS = "e.step <> '' AND NOT noetl.is_execution_event(e.event_type)"
+
+VIEWS = f"""
+CREATE VIEW noetl.step_status AS
+SELECT {STEP_COLUMNS}
+FROM (
+    SELECT e.execution_id,
+           e.step,
+           {STEP_AGGREGATES}
     FROM noetl.event e
-    WHERE e.step <> '' AND NOT noetl.is_execution_event(e.event_type)
+    WHERE {STEP_EVENTS}
     GROUP BY e.execution_id, e.step
 ) g;
+
+-- The same for one step, for the projector: an explicit parameterised index scan, whatever the
+-- planner would make of a join against the grouped view.
+CREATE FUNCTION noetl.step_status_of(p_execution_id text, p_step text)
+RETURNS SETOF noetl.step_status
+LANGUAGE sql STABLE AS $fn$
+SELECT {STEP_COLUMNS}
+FROM (
+    SELECT p_execution_id AS execution_id,
+           p_step AS step,
+           {STEP_AGGREGATES}
+    FROM noetl.event e
+    WHERE e.execution_id = p_execution_id AND e.step = p_step AND {STEP_EVENTS}
+) g
+WHERE g.event_count > 0
+$fn$;
 
 CREATE VIEW noetl.execution_status AS
 SELECT a.execution_id,
@@ -235,6 +260,7 @@ LEFT JOIN (
 
 DROP = r"""
 DROP VIEW IF EXISTS noetl.execution_status;
+DROP FUNCTION IF EXISTS noetl.step_status_of(text, text);
 DROP VIEW IF EXISTS noetl.step_status;
 DROP AGGREGATE IF EXISTS noetl.step_fold(text, text, integer, timestamptz, text);
 DROP FUNCTION IF EXISTS
