@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -86,4 +87,50 @@ event_rejected = Table(
     Column("position", BigInteger, nullable=True),
     Column("reason", Text, nullable=False),
     Column("rejected_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+#: One row per step, maintained by the projector (`projector project`); equal to the view
+#: `noetl.step_status` once the projector has caught up.
+step_state = Table(
+    "step_state",
+    metadata,
+    Column("execution_id", Text, primary_key=True),
+    Column("step", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_event_at", DateTime(timezone=True), nullable=False),
+    Column("last_event_type", Text, nullable=False),
+    Column("event_count", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+)
+
+#: One row per execution, maintained by the projector; equal to `noetl.execution_status` once the
+#: projector has caught up.
+execution_state = Table(
+    "execution_state",
+    metadata,
+    Column("execution_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_event_at", DateTime(timezone=True), nullable=False),
+    Column("event_count", BigInteger, nullable=False),
+    Column("step_count", BigInteger, nullable=False),
+    Column("steps_completed", BigInteger, nullable=False),
+    Column("steps_failed", BigInteger, nullable=False),
+    Column("steps_running", BigInteger, nullable=False),
+    # "Newest executions first" (`projector executions`), optionally of one status.
+    Index(None, "started_at"),
+    Index(None, "status", "started_at"),
+)
+
+#: How far each projector has read: every event with `txid < position` is projected.
+projector_checkpoint = Table(
+    "projector_checkpoint",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("position", XID8, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )

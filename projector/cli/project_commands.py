@@ -1,0 +1,87 @@
+"""`projector project [--once]` and `projector rebuild`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from rich.console import Console
+
+from ..errors import ProjectorError
+from ..projection import DEFAULT_NAME, Projector, connect, rebuild
+
+__all__ = ["register"]
+
+
+def _err(message: str) -> None:
+    Console(stderr=True, highlight=False).print(message, markup=False)
+
+
+async def project_command(args: argparse.Namespace, db: str) -> int:
+    """Run the projector until SIGINT/SIGTERM (the current transaction finishes), or `--once`."""
+    projector = Projector(
+        db, name=args.name, max_events=args.max_events, poll_interval=args.poll_interval
+    )
+    try:
+        if args.once:
+            count = await projector.once()
+            Console(highlight=False).print(f"projected {count} events", markup=False)
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        try:
+            await projector.run(stop)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return 0
+    except ProjectorError as exc:
+        _err(f"error: {exc}")
+        return 1
+
+
+async def rebuild_command(args: argparse.Namespace, db: str) -> int:
+    """Recompute step_state and execution_state from the whole event log."""
+    try:
+        conn = await connect(db)
+        try:
+            result = await rebuild(conn, name=args.name)
+        finally:
+            await conn.close()
+    except ProjectorError as exc:
+        _err(f"error: {exc}")
+        return 1
+    Console(highlight=False).print(
+        f"rebuilt {result.steps} steps of {result.executions} executions", markup=False
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `project` and `rebuild` to the command line."""
+    p = subparsers.add_parser(
+        "project", help="keep noetl.step_state / execution_state up to date from the event log"
+    )
+    p.add_argument("--once", action="store_true", help="catch up, then exit")
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between polls when no NOTIFY arrives (default 1)",
+    )
+    p.add_argument(
+        "--max-events", type=int, default=10_000, help="events per transaction (default 10000)"
+    )
+    p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
+    p.set_defaults(handler=project_command)
+
+    p = subparsers.add_parser("rebuild", help="recompute the state tables from the event log")
+    p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
+    p.set_defaults(handler=rebuild_command)

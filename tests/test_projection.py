@@ -1,0 +1,302 @@
+"""The incremental projector and the rebuild, against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from projector.channels import NOTIFY_CHANNEL
+from projector.envelope import ExecutorEvent
+from projector.errors import ProjectorError
+from projector.fold import fold_all
+from projector.projection import (
+    Projector,
+    catch_up,
+    checkpoint,
+    connect,
+    horizon,
+    project_chunk,
+    rebuild,
+)
+from tests.eventlog import insert_events, read_executions, read_steps
+
+T0 = datetime(2026, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+Conn = psycopg.AsyncConnection[Any]
+
+
+def trace(execution_id: str, n_steps: int = 3, offset: int = 0) -> list[ExecutorEvent]:
+    """A small successful execution, with the late RUNNING command.completed after step.exit."""
+    out = [
+        ExecutorEvent(
+            execution_id=execution_id,
+            event_type="playbook.initialized",
+            step="pb",
+            status="initialized",
+            created_at=T0 + timedelta(seconds=offset),
+        )
+    ]
+    for i in range(n_steps):
+        for j, (etype, status) in enumerate(
+            [
+                ("step.enter", "RUNNING"),
+                ("step.exit", "COMPLETED"),
+                ("command.completed", "RUNNING"),
+            ]
+        ):
+            out.append(
+                ExecutorEvent(
+                    execution_id=execution_id,
+                    event_type=etype,
+                    step=f"step{i}",
+                    status=status,
+                    created_at=T0 + timedelta(seconds=offset + 1 + i * 3 + j),
+                )
+            )
+    out.append(
+        ExecutorEvent(
+            execution_id=execution_id,
+            event_type="playbook.completed",
+            step="pb",
+            status="completed",
+            created_at=T0 + timedelta(seconds=offset + 100),
+        )
+    )
+    return out
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
+    """Wait until `check()` is true (a deadline against hangs, not a timing assertion)."""
+    async with asyncio.timeout(seconds):
+        for _ in itertools.count():
+            if await check():
+                return
+            await asyncio.sleep(0.005)
+
+
+async def has_checkpoint(conn: Conn) -> bool:
+    return await checkpoint(conn) is not None
+
+
+async def projected(conn: Conn, execution_id: str) -> bool:
+    return execution_id in await read_executions(conn, "noetl.execution_state")
+
+
+async def assert_tables_equal_views(conn: Conn, events: list[ExecutorEvent] | None = None) -> None:
+    steps_view = await read_steps(conn, "noetl.step_status")
+    execs_view = await read_executions(conn, "noetl.execution_status")
+    assert await read_steps(conn, "noetl.step_state") == steps_view
+    assert await read_executions(conn, "noetl.execution_state") == execs_view
+    if events is not None:
+        steps, execs = fold_all(events)
+        assert steps_view == steps
+        assert execs_view == execs
+
+
+async def test_once_projects_everything(aconn: Conn, database_url: str) -> None:
+    events = trace("a") + trace("b", 5)
+    await insert_events(aconn, events)
+    assert await Projector(database_url).once() == len(events)
+    await assert_tables_equal_views(aconn, events)
+    status = await read_executions(aconn, "noetl.execution_state")
+    assert status["a"].status == "COMPLETED" and status["b"].steps_completed == 5
+    # Caught up: nothing more to do, and a second run changes nothing.
+    assert await Projector(database_url).once() == 0
+    more = trace("a", 4, offset=1)[5:8]  # step3 of execution a, arriving later
+    await insert_events(aconn, more)
+    assert await Projector(database_url).once() == 3
+    await assert_tables_equal_views(aconn, events + more)
+
+
+async def test_interleaved_commits_are_not_skipped(aconn: Conn, database_url: str) -> None:
+    a_events, b_events = trace("early"), trace("late")
+    writer_a = await psycopg.AsyncConnection.connect(database_url)  # explicit transaction
+    try:
+        await insert_events(writer_a, a_events)  # A starts first: smaller txid, still open
+        await insert_events(aconn, b_events)  # B commits while A is open
+        projector = await connect(database_url)
+        try:
+            assert await catch_up(projector) == 0  # A holds the fence below B's rows
+            states = await read_executions(aconn, "noetl.execution_state")
+            assert states == {}
+            await writer_a.commit()
+            until = await horizon(projector)
+            assert await catch_up(projector, until=until) == len(a_events) + len(b_events)
+        finally:
+            await projector.close()
+    finally:
+        await writer_a.close()
+    await assert_tables_equal_views(aconn, a_events + b_events)
+
+
+async def test_fence_passes_committed_rows_below_an_open_transaction(
+    aconn: Conn, database_url: str
+) -> None:
+    first = trace("first")
+    await insert_events(aconn, first)  # committed before the open transaction began
+    writer = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        await insert_events(writer, trace("open"))
+        projector = await connect(database_url)
+        try:
+            # Other sessions on the server may hold the fence back for a moment: wait until it
+            # passes the committed rows (the open writer started after them).
+            cur = await aconn.execute("SELECT max(txid)::text FROM noetl.event")
+            row = await cur.fetchone()
+            assert row is not None
+            assert await catch_up(projector, until=int(row[0]) + 1) == len(first)
+            assert set(await read_executions(aconn, "noetl.execution_state")) == {"first"}
+        finally:
+            await projector.close()
+        await writer.rollback()  # an aborted writer leaves nothing behind
+    finally:
+        await writer.close()
+    assert await Projector(database_url).once() == 0
+    await assert_tables_equal_views(aconn)
+
+
+async def test_chunks_never_split_a_transaction(aconn: Conn, database_url: str) -> None:
+    big = trace("big", 4)  # 14 rows in one transaction
+    await insert_events(aconn, big)
+    for i in range(5):  # five single-row transactions
+        await insert_events(aconn, trace(f"s{i}", 0)[:1])
+    conn = await connect(database_url)
+    try:
+        until = await horizon(conn)
+        sizes = []
+        while (result := await project_chunk(conn, max_events=3)) is None or (
+            result.position < until or result.events
+        ):
+            if result is not None and result.events:
+                sizes.append(result.events)
+    finally:
+        await conn.close()
+    # The 14 rows of one transaction form one chunk; the single-row transactions at most 3 a chunk
+    # (fewer when another session's open transaction holds the fence between them).
+    assert sizes[0] == 14 and sum(sizes) == 19 and max(sizes[1:]) <= 3
+    await assert_tables_equal_views(aconn)
+
+
+async def test_failure_mid_transaction_replays_safely(aconn: Conn, database_url: str) -> None:
+    events = trace("x") + trace("y")
+    await insert_events(aconn, events)
+    # A real failure inside the projector's transaction, after step_state was written.
+    await aconn.execute(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'simulated crash'; END $$"
+    )
+    await aconn.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON noetl.execution_state "
+        "FOR EACH ROW EXECUTE FUNCTION boom()"
+    )
+    with pytest.raises(ProjectorError, match="simulated crash"):
+        await Projector(database_url).once()
+    assert await read_steps(aconn, "noetl.step_state") == {}
+    # The checkpoint did not pass the events (an empty chunk may have created it earlier, when
+    # another session's transaction held the fence back).
+    cur = await aconn.execute("SELECT min(txid)::text FROM noetl.event")
+    row = await cur.fetchone()
+    assert row is not None
+    position = await checkpoint(aconn)
+    assert position is None or position <= int(row[0])
+    await aconn.execute("DROP TRIGGER boom ON noetl.execution_state")
+    assert await Projector(database_url).once() == len(events)
+    await assert_tables_equal_views(aconn, events)
+
+
+async def test_cancelled_run_replays_safely(aconn: Conn, database_url: str) -> None:
+    events = [ev for i in range(30) for ev in trace(f"c{i}", 2)]
+    for i in range(0, len(events), 8):
+        await insert_events(aconn, events[i : i + 8])
+    task = asyncio.create_task(Projector(database_url, max_events=5).run(asyncio.Event()))
+    await eventually(lambda: has_checkpoint(aconn))
+    task.cancel()  # abandon it wherever it is, possibly inside a transaction
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await Projector(database_url).once()
+    await assert_tables_equal_views(aconn, events)
+
+
+async def test_two_instances_share_the_work(aconn: Conn, database_url: str) -> None:
+    executions = [trace(f"e{i}", 2) for i in range(40)]
+    done = asyncio.Event()
+    target: list[int] = []
+
+    async def writer() -> None:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        try:
+            for evs in executions:
+                await insert_events(conn, evs)
+                await asyncio.sleep(0)
+            target.append(await horizon(conn))
+        finally:
+            await conn.close()
+            done.set()
+
+    async def instance() -> int:
+        conn = await connect(database_url)
+        total = 0
+        try:
+            while True:
+                finished = done.is_set()
+                result = await project_chunk(conn, max_events=7)
+                if result is None:
+                    await asyncio.sleep(0.001)
+                    continue
+                total += result.events
+                if finished and result.events == 0 and result.position >= target[0]:
+                    return total
+                await asyncio.sleep(0)
+        finally:
+            await conn.close()
+
+    _, one, two = await asyncio.gather(writer(), instance(), instance())
+    all_events = [ev for evs in executions for ev in evs]
+    assert one + two == len(all_events)  # every event projected exactly once
+    await assert_tables_equal_views(aconn, all_events)
+
+
+async def test_rebuild_equals_views(aconn: Conn, database_url: str) -> None:
+    events = trace("r1") + trace("r2", 4)
+    await insert_events(aconn, events)
+    await Projector(database_url).once()
+    await aconn.execute("UPDATE noetl.step_state SET status = 'WRONG'")
+    await aconn.execute("DELETE FROM noetl.execution_state WHERE execution_id = 'r1'")
+    conn = await connect(database_url)
+    try:
+        result = await rebuild(conn)
+    finally:
+        await conn.close()
+    assert (result.steps, result.executions) == (7, 2)
+    await assert_tables_equal_views(aconn, events)
+    # The rebuild moved the checkpoint to its fence (rows above a fence held back by another
+    # session's transaction are read again, harmlessly).
+    assert await Projector(database_url).once() <= len(events)
+    await assert_tables_equal_views(aconn, events)
+    more = trace("r3")
+    await insert_events(aconn, more)
+    assert await Projector(database_url).once() == len(more)
+    await assert_tables_equal_views(aconn, events + more)
+
+
+async def test_run_wakes_on_notify(aconn: Conn, database_url: str) -> None:
+    stop = asyncio.Event()
+    # Polling every hour: only the NOTIFY can wake it within the test.
+    task = asyncio.create_task(Projector(database_url, poll_interval=3600).run(stop))
+    await eventually(lambda: has_checkpoint(aconn))  # it LISTENs before its first chunk
+    events = trace("n")
+    await insert_events(aconn, events)
+    await aconn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+    try:
+        await eventually(lambda: projected(aconn, "n"))
+    finally:
+        stop.set()
+        await aconn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        await asyncio.wait_for(task, 30)
+    await assert_tables_equal_views(aconn, events)
