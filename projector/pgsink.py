@@ -93,23 +93,49 @@ _BEGIN = (
     " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(%s, b)"
     "  FROM (SELECT unnest(%s::int[]) AS b ORDER BY 1) o) l)"
 )
-_LOOKUP_COLUMNS = (
-    "SELECT e.execution_id, e.event_id, e.event_type, e.step, e.status, e.created_at, e.context,"
-    " e.worker_id, e.meta, e.txid::text"
+# Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
+# LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
+# join would scan the whole table.
+_LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid"
+_LOOKUP_JOIN = (
+    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text"
+    " FROM noetl.event x WHERE x.execution_id = k.execution_id AND x.event_id = k.event_id"
+    " OFFSET 0) e"
 )
-_LOOKUP_JOIN = " JOIN noetl.event e ON e.execution_id = k.execution_id AND e.event_id = k.event_id"
-# Keys travel as two strings joined by U+001F: parsing them server-side is about twice as fast as
-# binding two text[] parameters. Keys that contain U+001F use the array form.
-KEY_SEPARATOR = "\x1f"
-_LOOKUP_JOINED = (
-    _LOOKUP_COLUMNS + " FROM unnest(string_to_array(%s, E'\\x1f'), string_to_array(%s, E'\\x1f'))"
-    " AS k(execution_id, event_id)" + _LOOKUP_JOIN
+# Values travel as strings joined by U+001F (U+001E marks NULL): parsing them server-side is about
+# twice as fast as binding text[] parameters. Values containing either character use arrays.
+SEPARATOR = "\x1f"
+NULL_MARK = "\x1e"
+_JOINED = "string_to_array(%s, E'\\x1f', E'\\x1e')"
+_ARRAY = "%s::text[]"
+_KEY_COLUMNS = "k(execution_id, event_id)"
+
+
+def _lookup_sql(unnest: str) -> str:
+    return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{_LOOKUP_JOIN}"
+
+
+# Phase 2, only for keys stored with the same created_at: which of them differ in content. The
+# comparison runs in the server (jsonb equality), so a duplicate costs no row transfer.
+_COMPARE_COLUMNS = (
+    "k(execution_id, event_id, created_at, event_type, step, status, context, worker_id, meta, i)"
 )
-_LOOKUP_ARRAYS = (
-    _LOOKUP_COLUMNS
-    + " FROM unnest(%s::text[], %s::text[]) AS k(execution_id, event_id)"
-    + _LOOKUP_JOIN
+_COMPARE_WHERE = (
+    " CROSS JOIN LATERAL (SELECT * FROM noetl.event x WHERE x.execution_id = k.execution_id"
+    " AND x.event_id = k.event_id AND x.created_at = k.created_at::timestamptz LIMIT 1) e"
+    " WHERE e.event_type IS DISTINCT FROM k.event_type OR e.step IS DISTINCT FROM k.step"
+    " OR e.status IS DISTINCT FROM k.status OR e.context IS DISTINCT FROM k.context::jsonb"
+    " OR e.worker_id IS DISTINCT FROM k.worker_id OR e.meta IS DISTINCT FROM k.meta::jsonb"
 )
+
+
+def _compare_sql(unnest: str) -> str:
+    columns = ", ".join([unnest] * 9)
+    return (
+        f"SELECT k.i FROM unnest({columns}) WITH ORDINALITY AS {_COMPARE_COLUMNS}{_COMPARE_WHERE}"
+    )
+
+
 _REJECT = (
     "INSERT INTO noetl.event_rejected (raw, raw_bytes, source, position, reason)"
     " VALUES (%s, %s, %s, %s, %s)"
@@ -247,12 +273,29 @@ def _row(event: ExecutorEvent, event_id: str) -> Row:
     )
 
 
-def _lookup(keys: list[tuple[str, str]]) -> tuple[str, tuple[str | list[str], ...]]:
-    executions = [k[0] for k in keys]
-    event_ids = [k[1] for k in keys]
-    if any(KEY_SEPARATOR in x for x in executions) or any(KEY_SEPARATOR in x for x in event_ids):
-        return _LOOKUP_ARRAYS, (executions, event_ids)
-    return _LOOKUP_JOINED, (KEY_SEPARATOR.join(executions), KEY_SEPARATOR.join(event_ids))
+def _columns_param(columns: list[list[str | None]]) -> tuple[str, tuple[object, ...]]:
+    """Bind equally long text columns: joined strings when safe, else text[] arrays."""
+    safe = all(
+        v is None or (SEPARATOR not in v and NULL_MARK not in v) for col in columns for v in col
+    )
+    if safe:
+        joined = tuple(
+            SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
+        )
+        return _JOINED, joined
+    return _ARRAY, tuple(columns)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    dumped = _dumps(value.obj if isinstance(value, Jsonb) else value)
+    return dumped.decode("utf-8") if isinstance(dumped, bytes) else dumped
+
+
+def _bucket(execution_id: str) -> int:
+    """The advisory-lock bucket of an execution id (stable across processes and versions)."""
+    return zlib.crc32(execution_id.encode("utf-8")) % LOCK_BUCKETS
 
 
 def _json_value(value: Any) -> Any:
@@ -283,7 +326,9 @@ class PostgresEventSink:
 
     Parameters: `max_pool_size` connections at most (default 4); `batch_size` events per transaction
     (default 2,000); `max_pending` events queued by `emit` before callers wait (default 10,000);
-    `flushers` concurrent group-commit transactions (default 2); `retry_for` seconds of retrying a
+    `flushers` concurrent group-commit transactions (default 2); `lanes` concurrent transactions
+    per `emit_many` call (default 2; events are split between them by execution id so they never
+    wait on each other's locks); `retry_for` seconds of retrying a
     transient failure before raising `DatabaseUnavailable` (default 60); `connect_timeout` seconds
     to wait for the first connection (default 10).
     """
@@ -296,14 +341,16 @@ class PostgresEventSink:
         batch_size: int = 2000,
         max_pending: int = 10_000,
         flushers: int = 2,
+        lanes: int = 2,
         retry_for: float = 60.0,
         connect_timeout: float = 10.0,
         application_name: str = "noetl-projector",
     ) -> None:
-        if batch_size < 1 or max_pending < 1 or flushers < 1 or max_pool_size < 1:
-            raise ValueError("batch_size, max_pending, flushers and max_pool_size must be >= 1")
+        if min(batch_size, max_pending, flushers, lanes, max_pool_size) < 1:
+            raise ValueError("batch_size, max_pending, flushers, lanes, max_pool_size must be >= 1")
         self.url = url
         self.batch_size = batch_size
+        self.lanes = lanes
         self.retry_for = retry_for
         self.connect_timeout = connect_timeout
         self._flusher_count = flushers
@@ -399,15 +446,17 @@ class PostgresEventSink:
         """Store a batch; invalid items are rejected (kept in noetl.event_rejected), never fatal.
 
         Items may be envelopes, raw JSON (`RawEnvelope`) or mappings. Written in transactions of
-        `batch_size`; returns after the last one commits.
+        `batch_size`, `lanes` of them at a time; returns after the last one commits. At most
+        `batch_size * lanes` items are held at once, whatever the length of `items`.
         """
         if self._closed or self._queue is None:
             raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
         result = BatchResult()
+        window = self.batch_size * self.lanes
         chunk: list[ExecutorEvent | RawEnvelope | Mapping[str, Any]] = []
         for item in items:
             chunk.append(item)
-            if len(chunk) >= self.batch_size:
+            if len(chunk) >= window:
                 result.extend(await self._write_items(chunk, source))
                 chunk = []
         if chunk or not result.outcomes:
@@ -456,7 +505,21 @@ class PostgresEventSink:
     ) -> BatchResult:
         pending, rejects = self._prepare(items, source)
         state = _Outcomes([None] * len(items))
-        await self._commit(pending, rejects, state)
+        # Split by lock bucket: lanes never wait for each other's advisory locks, so their
+        # transactions really run side by side (one fills its COPY while another is looked up).
+        lanes: list[list[_Pending]] = [[] for _ in range(self.lanes)]
+        for p in pending:
+            lanes[_bucket(p.row[0]) % self.lanes].append(p)
+        done = await asyncio.gather(
+            *(
+                self._write_lane(lane, rejects if n == 0 else [], state)
+                for n, lane in enumerate(lanes)
+            ),
+            return_exceptions=True,
+        )
+        for lane_result in done:
+            if isinstance(lane_result, BaseException):
+                raise lane_result
         result = BatchResult(conflict_ids=state.conflicts)
         for i, outcome in enumerate(state.outcomes):
             if outcome == "inserted":
@@ -473,6 +536,13 @@ class PostgresEventSink:
         ]
         result.outcomes = [o if o is not None else "rejected" for o in state.outcomes]
         return result
+
+    async def _write_lane(
+        self, lane: list[_Pending], rejects: list[_Reject], state: _Outcomes
+    ) -> None:
+        for start in range(0, max(len(lane), 1), self.batch_size):
+            await self._commit(lane[start : start + self.batch_size], rejects, state)
+            rejects = []
 
     async def _commit(
         self, pending: list[_Pending], rejects: list[_Reject], state: _Outcomes
@@ -524,18 +594,15 @@ class PostgresEventSink:
         state: _Outcomes,
         earlier_txids: set[str],
     ) -> None:
-        # In-batch duplicates first: the first occurrence of a key is the one written.
+        # Within the batch, the first occurrence of a key is the one written.
         first: dict[tuple[str, str], _Pending] = {}
-        later: list[_Pending] = []
         for p in pending:
-            key = (p.row[0], p.row[1])
-            if key in first:
-                later.append(p)
-            else:
-                first[key] = p
-        buckets = sorted({zlib.crc32(k[0].encode()) % LOCK_BUCKETS for k in first})
+            first.setdefault((p.row[0], p.row[1]), p)
+        buckets = sorted({_bucket(k[0]) for k in first})
         new_outcomes: dict[int, Outcome] = {}
         conflicts: list[tuple[str, str]] = []
+        stored: dict[tuple[str, str], Any] = {}
+        changed: set[int] = set()
         async with self._pool.connection() as conn:
             try:
                 async with conn.transaction():
@@ -545,22 +612,15 @@ class PostgresEventSink:
                     assert begin is not None
                     earlier_txids.add(str(begin[0]))
                     fresh: list[_Pending] = []
-                    stored: dict[tuple[str, str], Any] = {}
                     if first:
-                        await cur.execute(*_lookup(list(first)), binary=True)
+                        keys = list(first)
+                        unnest, params = _columns_param(
+                            [[k[0] for k in keys], [k[1] for k in keys]]
+                        )
+                        await cur.execute(_lookup_sql(unnest), params, binary=True)
                         stored = {(r[0], r[1]): r for r in await cur.fetchall()}
-                        for key, p in first.items():
-                            hit = stored.get(key)
-                            if hit is None:
-                                fresh.append(p)
-                                new_outcomes[p.index] = "inserted"
-                            elif hit[9] in earlier_txids:  # ours: an earlier attempt committed
-                                new_outcomes[p.index] = "inserted"
-                            elif _same_content(hit, p.row):
-                                new_outcomes[p.index] = "duplicate"
-                            else:
-                                new_outcomes[p.index] = "conflict"
-                                conflicts.append(key)
+                        fresh = [p for key, p in first.items() if key not in stored]
+                        changed = await self._changed(cur, pending, stored, earlier_txids)
                     if fresh:
                         async with cur.copy(_COPY) as copy:
                             copy.set_types(_COPY_TYPES)
@@ -574,20 +634,59 @@ class PostgresEventSink:
                         )
             except pgerrors.DataError as exc:
                 raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
-        for p in later:
-            # Compare with the stored row when there was one, else with the row this batch wrote.
+        for p in pending:
             key = (p.row[0], p.row[1])
             hit = stored.get(key)
-            if hit is not None and hit[9] in earlier_txids:
-                hit = None
-            if _same_content(hit if hit is not None else first[key].row, p.row):
+            if hit is None or hit[3] in earlier_txids:  # new, or ours from a lost COMMIT
+                winner = first[key]
+                if p is winner or _same_content(winner.row, p.row):
+                    new_outcomes[p.index] = "inserted" if p is winner else "duplicate"
+                    continue
+            elif p.index not in changed:
                 new_outcomes[p.index] = "duplicate"
-            else:
-                new_outcomes[p.index] = "conflict"
-                conflicts.append((p.row[0], p.row[1]))
+                continue
+            new_outcomes[p.index] = "conflict"
+            conflicts.append(key)
         for index, outcome in new_outcomes.items():
             state.outcomes[index] = outcome
         state.conflicts.extend(conflicts)
+
+    @staticmethod
+    async def _changed(
+        cur: psycopg.AsyncCursor[Any],
+        pending: list[_Pending],
+        stored: dict[tuple[str, str], Any],
+        earlier_txids: set[str],
+    ) -> set[int]:
+        """Indexes of items whose key is stored (not by us) with different content."""
+        changed: set[int] = set()
+        candidates: list[_Pending] = []
+        for p in pending:
+            hit = stored.get((p.row[0], p.row[1]))
+            if hit is None or hit[3] in earlier_txids:
+                continue
+            if hit[2] != p.row[5]:  # another created_at: another partition, surely different
+                changed.add(p.index)
+            else:
+                candidates.append(p)
+        if candidates:
+            rows = [p.row for p in candidates]
+            unnest, params = _columns_param(
+                [
+                    [r[0] for r in rows],
+                    [r[1] for r in rows],
+                    [r[5].isoformat() for r in rows],
+                    [r[2] for r in rows],
+                    [r[3] for r in rows],
+                    [r[4] for r in rows],
+                    [_json_text(r[6]) for r in rows],
+                    [r[7] for r in rows],
+                    [_json_text(r[8]) for r in rows],
+                ]
+            )
+            await cur.execute(_compare_sql(unnest), params)
+            changed.update(candidates[int(r[0]) - 1].index for r in await cur.fetchall())
+        return changed
 
     # -- group commit ----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ async def demo(args: argparse.Namespace, db: str) -> int:
             with path.open("rb") as stream:
                 report = await ingest(sink, stream, f"samples/{name}.ndjson")
             counts = ", ".join(f"{v} {k}" for k, v in report.counts().items())
-            console.print(f"[bold]ingest[/bold] samples/{name}.ndjson: {counts}")
+            console.print(f"[bold]ingest[/bold] samples/{name}.ndjson: {counts}", soft_wrap=True)
     async with await psycopg.AsyncConnection.connect(db, **CONNECT_KWARGS) as conn:
         cur = await conn.execute(
             "SELECT DISTINCT execution_id FROM noetl.event WHERE event_id LIKE 'demo-%%' "
