@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,15 +53,23 @@ async def copy_rows(conn: AsyncConn, rows: Sequence[tuple[Any, ...]], batch: int
                     await copy.write_row(row)
 
 
-async def timed_copy(url: str, events: Sequence[ExecutorEvent]) -> Sample:
-    """The COPY baseline: rows built before the clock starts, connection opened before too."""
+async def timed_copy(url: str, events: Sequence[ExecutorEvent], connections: int = 1) -> Sample:
+    """The COPY baseline: rows built and connections opened before the clock starts.
+
+    With several connections, rows are split between them by execution (as the sink's lanes do)
+    and the COPYs run concurrently.
+    """
     rows = [copy_row(e) for e in events]
-    conn = await connect(url)
+    parts: list[list[tuple[Any, ...]]] = [[] for _ in range(connections)]
+    for row in rows:
+        parts[hash(row[0]) % connections].append(row)
+    conns = [await connect(url) for _ in range(connections)]
     try:
         with Timer() as t:
-            await copy_rows(conn, rows)
+            await asyncio.gather(*(copy_rows(c, p) for c, p in zip(conns, parts, strict=True)))
     finally:
-        await conn.close()
+        for c in conns:
+            await c.close()
     return Sample(len(rows), t.seconds)
 
 
