@@ -17,6 +17,8 @@ from collections.abc import Callable
 import psycopg
 
 EVENTS_PER_EXECUTION = 73
+#: Execution ids are BASE_EXECUTION + 0, 1, 2, ... as text.
+BASE_EXECUTION = 7_000_000_000_000_000_000
 DAYS = 120
 
 _OK = [
@@ -100,7 +102,7 @@ def generate(
         "steps": [r[3] for r in pattern],
         "statuses": [r[4] for r in pattern],
         "last": EVENTS_PER_EXECUTION - 1,
-        "base": 7_000_000_000_000_000_000,
+        "base": BASE_EXECUTION,
         "spacing": DAYS * 86_400 / executions,
     }
     with psycopg.connect(url, autocommit=True) as conn:

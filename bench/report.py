@@ -58,6 +58,10 @@ def markdown(doc: dict[str, Any]) -> str:
             + (f" Error: `{s['error']}`." if s["error"] else "")
         )
         for name, series in s["series"].items():
+            if "latencies_ms" in series:
+                ms = ", ".join(f"{x:.2f}" for x in series["latencies_ms"][:20])
+                out.append(f"- {name}: {len(series['latencies_ms'])} samples (ms, first 20): {ms}")
+                continue
             rates = ", ".join(f"{x['rate']:,.0f}" for x in series["samples"])
             out.append(f"- {name}: median {series['median_rate']:,.0f}/s; rounds: {rates}")
         for note in s["notes"]:
@@ -74,7 +78,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [s for s in doc["scenarios"] if s["series"]]
+    scenarios = [
+        {**s, "series": {k: v for k, v in s["series"].items() if "median_rate" in v}}
+        for s in doc["scenarios"]
+    ]
+    scenarios = [s for s in scenarios if s["series"]]
     ratios = [
         (f"{s['id']}: {x['label']}", x["ratio"], x["target"])
         for s in doc["scenarios"]
