@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.rule("summary")
     console.print(metrics_table(results))
     stem = f"{started:%Y-%m-%d}-{info['host']}" + ("-quick" if args.quick else "")
+    if args.scenarios:  # a partial run never overwrites a complete one
+        stem += "-scenarios-" + "-".join(str(m.ID) for m in modules)
     doc = {
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),

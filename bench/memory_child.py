@@ -2,7 +2,7 @@
 
 Emits EVENTS fresh events through `PostgresEventSink.emit` from PRODUCERS concurrent tasks (more
 than the sink's queue holds, so the queue stays full and callers wait for room), then prints one
-JSON line: peak RSS (`resource.getrusage`, bytes), RSS once the sink was open, the largest queue
+JSON line: peak RSS (VmHWM, bytes), RSS once the sink was open, the largest queue
 length seen, and how long it took. Events are generated lazily, so the producer itself holds only
 those its tasks are waiting to hand over.
 """
@@ -22,6 +22,18 @@ from .events import execution_events
 
 
 def _peak_rss() -> int:
+    """Peak RSS of this process image: VmHWM from /proc (Linux), else getrusage.
+
+    `getrusage().ru_maxrss` is not used on Linux: it survives fork + exec, so a child started by
+    a large parent reports the parent's peak (the first full run measured exactly that).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 

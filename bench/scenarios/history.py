@@ -21,7 +21,7 @@ async def big_history(ctx: Context) -> tuple[str, int, float]:
         executions = await asyncio.to_thread(generate, url, n, chunk_executions=chunk, tick=tick)
     ctx.cache["big"] = (url, executions, t.seconds)
     ctx.log(
-        f"generated {executions * EVENTS_PER_EXECUTION:,} events ({executions:,} executions) "
+        f"generated ~{executions * EVENTS_PER_EXECUTION:,} events ({executions:,} executions) "
         f"in {t.seconds:.0f} s, VACUUM ANALYZE included"
     )
     return url, executions, t.seconds
