@@ -83,7 +83,7 @@ def machine(url: str) -> dict[str, Any]:
     """What the run ran on: cores, memory, PostgreSQL, Python."""
     with psycopg.connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
-        settings = dict(
+        settings: dict[str, str] = dict(
             conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN "
                 "('shared_buffers', 'synchronous_commit', 'wal_level', 'max_wal_size', "

@@ -7,15 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-
-def _fmt(value: float, unit: str) -> str:
-    if unit in ("events/s", "events"):
-        return f"{value:,.0f} {unit}"
-    if unit == "ms":
-        return f"{value:,.2f} ms"
-    if unit == "MiB":
-        return f"{value:,.1f} MiB"
-    return f"{value:,.4g} {unit}"
+from .runner import format_value
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -47,7 +39,7 @@ def markdown(doc: dict[str, Any]) -> str:
             first = i == 0
             out.append(
                 f"| {s['id'] if first else ''} | {s['title'] if first else ''} | {x['label']} | "
-                f"{_fmt(x['value'], x['unit'])} | {ratio} | {target} |"
+                f"{format_value(x['value'], x['unit'])} | {ratio} | {target} |"
             )
     out.append("")
     for s in doc["scenarios"]:
@@ -101,7 +93,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             colors.append(palette[i % len(palette)])
     ax1.barh(labels, values, color=colors)
     ax1.invert_yaxis()
-    ax1.set_xlabel("events/s (median of rounds)")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("events/s (median of rounds, log scale)")
     ax1.set_title("Throughput per scenario and variant")
     if ratios:
         ax2.barh([r[0] for r in ratios], [r[1] for r in ratios], color="tab:blue")

@@ -32,7 +32,7 @@ class ScratchDatabases:
         self._counter = itertools.count(1)
         self._template: str | None = None
 
-    def _admin(self, statement: sql.Composable) -> None:
+    def _admin(self, statement: sql.Composed) -> None:
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             conn.execute(statement)
 

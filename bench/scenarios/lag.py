@@ -97,6 +97,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     await asyncio.sleep(0.5)  # let it connect and LISTEN
     poller = Poller(url)
     poller.start()
+    drain = 10 if ctx.quick else 60
     ingested = 0
     try:
         ticks = max(1, int(seconds))
@@ -115,7 +116,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
                         tick(f"{ingested:,} events, {len(poller.lags)} markers seen")
                         next_tick += 1
                 ingest_seconds = time.perf_counter() - t0
-            for _ in range(1200):  # up to 60 s for the last markers
+            for _ in range(drain * 20):  # wait up to `drain` seconds for the last markers
                 if not poller.pending or poller.error is not None:
                     break
                 await asyncio.sleep(0.05)
@@ -139,8 +140,8 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         unseen = [(now - committed) * 1000 for _, committed in poller.pending.values()]
         result.notes.append(
             f"{len(unseen)} of {len(unseen) + len(poller.lags)} markers were still not visible "
-            f"60 s after ingest stopped: the projector did not keep up. Their lag is counted as "
-            f"their age when the scenario gave up (a lower bound), so the percentiles are too."
+            f"{drain} s after ingest stopped: the projector did not keep up. Their lag is counted "
+            "as their age when the scenario gave up (a lower bound), so the percentiles are too."
         )
     lags = poller.lags + unseen
     result.series = {"lag": {"latencies_ms": lags, "unseen": len(unseen)}}

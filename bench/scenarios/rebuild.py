@@ -23,7 +23,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         row = await (await conn.execute("SELECT count(*) FROM noetl.event")).fetchone()
         assert row is not None
         events = int(row[0])
-    rounds = 1 if events > 2_000_000 else ctx.sizes.rounds
+    rounds = 1 if events > 2_000_000 or ctx.quick else ctx.sizes.rounds
     result.params = {"events": events, "executions": executions, "rounds": rounds}
 
     async def candidate(_: int) -> Sample:
