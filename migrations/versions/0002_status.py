@@ -256,9 +256,55 @@ LEFT JOIN (
     FROM noetl.step_status
     GROUP BY execution_id
 ) s ON s.execution_id = a.execution_id;
+
+-- The same for one execution, for `projector executions` and other per-key callers. The SET
+-- clause keeps the function from being inlined, so the key stays a parameter pushed into the
+-- grouped step_status view (an index scan) instead of a join the planner may flatten.
+CREATE FUNCTION noetl.execution_status_of(p_execution_id text)
+RETURNS SETOF noetl.execution_status
+LANGUAGE sql STABLE
+SET search_path = noetl, pg_catalog AS $fn$
+SELECT a.execution_id,
+       coalesce(x.status, 'RUNNING'),
+       a.started_at,
+       x.finished_at,
+       a.last_event_at,
+       a.event_count,
+       s.step_count,
+       s.steps_completed,
+       s.steps_failed,
+       s.steps_running
+FROM (
+    SELECT p_execution_id AS execution_id,
+           min(created_at) AS started_at,
+           max(created_at) AS last_event_at,
+           count(*) AS event_count
+    FROM noetl.event
+    WHERE execution_id = p_execution_id
+) a
+LEFT JOIN LATERAL (
+    SELECT noetl.normalize_status(status, event_type) AS status, created_at AS finished_at
+    FROM noetl.event
+    WHERE execution_id = p_execution_id
+      AND noetl.is_execution_event(event_type)
+      AND noetl.is_terminal(noetl.normalize_status(status, event_type))
+    ORDER BY created_at DESC, event_id COLLATE "C" DESC
+    LIMIT 1
+) x ON true
+CROSS JOIN (
+    SELECT count(*) AS step_count,
+           count(*) FILTER (WHERE status = 'COMPLETED') AS steps_completed,
+           count(*) FILTER (WHERE status = 'FAILED') AS steps_failed,
+           count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running
+    FROM noetl.step_status
+    WHERE execution_id = p_execution_id
+) s
+WHERE a.event_count > 0
+$fn$;
 """
 
 DROP = r"""
+DROP FUNCTION IF EXISTS noetl.execution_status_of(text);
 DROP VIEW IF EXISTS noetl.execution_status;
 DROP FUNCTION IF EXISTS noetl.step_status_of(text, text);
 DROP VIEW IF EXISTS noetl.step_status;

@@ -61,9 +61,7 @@ WITH candidates AS (
 SELECT v.execution_id, v.status, v.started_at, v.finished_at, v.last_event_at, v.event_count,
        v.step_count, v.steps_completed, v.steps_failed, v.steps_running
 FROM candidates c
-CROSS JOIN LATERAL (
-    SELECT * FROM noetl.execution_status s WHERE s.execution_id = c.execution_id
-) v
+CROSS JOIN LATERAL noetl.execution_status_of(c.execution_id) v
 WHERE %(status)s::text IS NULL OR v.status = %(status)s
 ORDER BY v.started_at DESC, v.execution_id COLLATE "C" DESC
 LIMIT %(limit)s
