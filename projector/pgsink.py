@@ -77,13 +77,15 @@ LOCK_BUCKETS = 1024
 _COLUMNS = ENVELOPE_FIELDS
 _COPY_TYPES = ["text", "text", "text", "text", "text", "timestamptz", "jsonb", "text", "jsonb"]
 _COPY = f"COPY noetl.event ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-# The transaction id (to recognise our own rows after a lost COMMIT) and the advisory locks, in one
-# round trip; the locks are taken in sorted order so that writers never deadlock.
+# The transaction id (to recognise our own rows after a lost COMMIT), the advisory locks (taken in
+# sorted order so that writers never deadlock) and the projectors' wake-up, in one round trip. A
+# NOTIFY is delivered at commit wherever it stands in the transaction, and only then.
 _BEGIN = (
     "SELECT pg_current_xact_id()::text,"
     " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(%s, b)"
     "  FROM (SELECT unnest(%s::int[]) AS b ORDER BY 1) o) l)"
 )
+_BEGIN_NOTIFY = _BEGIN + ", pg_notify(%s, '')"
 # Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
 # LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
 # join would scan the whole table.
@@ -353,7 +355,8 @@ class PostgresEventSink:
             open=False,
             kwargs={**CONNECT_KWARGS, "application_name": application_name},
             configure=self._configure,
-            check=AsyncConnectionPool.check_connection,
+            # No check on checkout: a connection that broke while idle fails its first statement,
+            # and the batch is retried on another one (see `_commit`).
             name="noetl-projector-sink",
         )
         self._queue: asyncio.Queue[tuple[ExecutorEvent, asyncio.Future[Outcome]]] | None = None
@@ -598,7 +601,10 @@ class PostgresEventSink:
             try:
                 async with conn.transaction():
                     cur = conn.cursor()
-                    await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
+                    if first:
+                        await cur.execute(_BEGIN_NOTIFY, (LOCK_CLASS, buckets, NOTIFY_CHANNEL))
+                    else:
+                        await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
                     begin = await cur.fetchone()
                     assert begin is not None
                     earlier_txids.add(str(begin[0]))
@@ -608,7 +614,7 @@ class PostgresEventSink:
                         unnest, params = _columns_param(
                             [[k[0] for k in keys], [k[1] for k in keys]]
                         )
-                        await cur.execute(_lookup_sql(unnest), params, binary=True)
+                        await cur.execute(_lookup_sql(unnest), params, binary=True, prepare=True)
                         stored = {(r[0], r[1]): r for r in await cur.fetchall()}
                         fresh = [p for key, p in first.items() if key not in stored]
                         changed = await self._changed(cur, pending, stored, earlier_txids)
@@ -617,7 +623,6 @@ class PostgresEventSink:
                             copy.set_types(_COPY_TYPES)
                             for p in fresh:
                                 await copy.write_row(p.row)
-                        await cur.execute(f"NOTIFY {NOTIFY_CHANNEL}")
                     if rejects:
                         await cur.executemany(
                             _REJECT,
