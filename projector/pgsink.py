@@ -32,6 +32,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -88,12 +89,22 @@ _BEGIN = (
 _BEGIN_NOTIFY = _BEGIN + ", pg_notify(%s, '')"
 # Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
 # LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
-# join would scan the whole table.
+# join would scan the whole table. The windowed form probes only rows whose created_at lies in the
+# months the batch covers, so every other partition is pruned before execution; the executions
+# that also have rows outside those months (`_OUTSIDE`) have their keys looked up everywhere.
 _LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid"
 _LOOKUP_JOIN = (
     " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text"
     " FROM noetl.event x WHERE x.execution_id = k.execution_id AND x.event_id = k.event_id"
-    " OFFSET 0) e"
+    "{window} OFFSET 0) e"
+)
+_WINDOW = " AND x.created_at >= %s AND x.created_at < %s"
+#: Below this many keys one lookup in every partition costs less than the extra round trip.
+WINDOW_MIN_KEYS = 500
+_OUTSIDE = (
+    "SELECT u.x FROM unnest({unnest}) AS u(x)"
+    " WHERE EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x AND e.created_at < %s)"
+    " OR EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x AND e.created_at >= %s)"
 )
 # Values travel as strings joined by U+001F (U+001E marks NULL): parsing them server-side is about
 # twice as fast as binding text[] parameters. Values containing either character use arrays.
@@ -104,8 +115,22 @@ _ARRAY = "%s::text[]"
 _KEY_COLUMNS = "k(execution_id, event_id)"
 
 
-def _lookup_sql(unnest: str) -> str:
-    return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{_LOOKUP_JOIN}"
+def _lookup_sql(unnest: str, windowed: bool) -> str:
+    join = _LOOKUP_JOIN.format(window=_WINDOW if windowed else "")
+    return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{join}"
+
+
+def _month_window(rows: Iterable[Row]) -> tuple[datetime, datetime]:
+    """From the first month of the rows' created_at (UTC) to the first month after them."""
+    times = [r[5] for r in rows]
+    lo = min(times).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last = max(times)
+    hi = (
+        last.replace(year=last.year + 1, month=1, day=1)
+        if last.month == 12
+        else last.replace(month=last.month + 1, day=1)
+    ).replace(hour=0, minute=0, second=0, microsecond=0)
+    return lo, hi
 
 
 # Phase 2, only for keys stored with the same created_at: which of them differ in content. The
@@ -266,7 +291,7 @@ def _row(event: ExecutorEvent, event_id: str) -> Row:
     )
 
 
-def _columns_param(columns: list[list[str | None]]) -> tuple[str, tuple[object, ...]]:
+def _columns_param(columns: Sequence[Sequence[str | None]]) -> tuple[str, tuple[object, ...]]:
     """Bind equally long text columns: joined strings when safe, else text[] arrays."""
     safe = all(
         v is None or (SEPARATOR not in v and NULL_MARK not in v) for col in columns for v in col
@@ -276,7 +301,7 @@ def _columns_param(columns: list[list[str | None]]) -> tuple[str, tuple[object, 
             SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
         )
         return _JOINED, joined
-    return _ARRAY, tuple(columns)
+    return _ARRAY, tuple(list(col) for col in columns)
 
 
 def _json_text(value: Any) -> str | None:
@@ -499,21 +524,7 @@ class PostgresEventSink:
     ) -> BatchResult:
         pending, rejects = self._prepare(items, source)
         state = _Outcomes([None] * len(items))
-        # Split by lock bucket: lanes never wait for each other's advisory locks, so their
-        # transactions really run side by side (one fills its COPY while another is looked up).
-        lanes: list[list[_Pending]] = [[] for _ in range(self.lanes)]
-        for p in pending:
-            lanes[_bucket(p.row[0]) % self.lanes].append(p)
-        done = await asyncio.gather(
-            *(
-                self._write_lane(lane, rejects if n == 0 else [], state)
-                for n, lane in enumerate(lanes)
-            ),
-            return_exceptions=True,
-        )
-        for lane_result in done:
-            if isinstance(lane_result, BaseException):
-                raise lane_result
+        await self._write_split(pending, rejects, state)
         result = BatchResult(conflict_ids=state.conflicts)
         for i, outcome in enumerate(state.outcomes):
             if outcome == "inserted":
@@ -530,6 +541,27 @@ class PostgresEventSink:
         ]
         result.outcomes = [o if o is not None else "rejected" for o in state.outcomes]
         return result
+
+    async def _write_split(
+        self, pending: list[_Pending], rejects: list[_Reject], state: _Outcomes
+    ) -> None:
+        """Write `pending` in `lanes` concurrent sequences of transactions, split by lock bucket:
+        lanes never wait for each other's advisory locks, so their transactions really run side by
+        side (one fills its COPY while another is looked up or commits)."""
+        lanes: list[list[_Pending]] = [[] for _ in range(self.lanes)]
+        for p in pending:
+            lanes[_bucket(p.row[0]) % self.lanes].append(p)
+        done = await asyncio.gather(
+            *(
+                self._write_lane(lane, rejects if n == 0 else [], state)
+                for n, lane in enumerate(lanes)
+                if lane or (n == 0 and rejects)
+            ),
+            return_exceptions=True,
+        )
+        for lane_result in done:
+            if isinstance(lane_result, BaseException):
+                raise lane_result
 
     async def _write_lane(
         self, lane: list[_Pending], rejects: list[_Reject], state: _Outcomes
@@ -610,12 +642,9 @@ class PostgresEventSink:
                     earlier_txids.add(str(begin[0]))
                     fresh: list[_Pending] = []
                     if first:
-                        keys = list(first)
-                        unnest, params = _columns_param(
-                            [[k[0] for k in keys], [k[1] for k in keys]]
+                        stored = await self._lookup(
+                            cur, list(first), [p.row for p in first.values()]
                         )
-                        await cur.execute(_lookup_sql(unnest), params, binary=True, prepare=True)
-                        stored = {(r[0], r[1]): r for r in await cur.fetchall()}
                         fresh = [p for key, p in first.items() if key not in stored]
                         changed = await self._changed(cur, pending, stored, earlier_txids)
                     if fresh:
@@ -646,6 +675,35 @@ class PostgresEventSink:
         for index, outcome in new_outcomes.items():
             state.outcomes[index] = outcome
         state.conflicts.extend(conflicts)
+
+    @staticmethod
+    async def _lookup(
+        cur: psycopg.AsyncCursor[Any], keys: list[tuple[str, str]], rows: list[Row]
+    ) -> dict[tuple[str, str], Any]:
+        """The stored rows of `keys`: in the batch's months, and everywhere for the executions
+        that have rows outside them (a batch too small to gain from that looks everywhere)."""
+        if len(keys) < WINDOW_MIN_KEYS:
+            unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
+            await cur.execute(
+                _lookup_sql(unnest, windowed=False), params, binary=True, prepare=True
+            )
+            return {(r[0], r[1]): r for r in await cur.fetchall()}
+        lo, hi = _month_window(rows)
+        executions = sorted({k[0] for k in keys})
+        unnest, params = _columns_param([executions])
+        await cur.execute(_OUTSIDE.format(unnest=unnest), (*params, lo, hi), prepare=True)
+        spread = {r[0] for r in await cur.fetchall()}
+        unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
+        await cur.execute(
+            _lookup_sql(unnest, windowed=True), (*params, lo, hi), binary=True, prepare=True
+        )
+        stored = {(r[0], r[1]): r for r in await cur.fetchall()}
+        if spread:
+            wide = [k for k in keys if k[0] in spread]
+            unnest, params = _columns_param([[k[0] for k in wide], [k[1] for k in wide]])
+            await cur.execute(_lookup_sql(unnest, windowed=False), params, binary=True)
+            stored.update({(r[0], r[1]): r for r in await cur.fetchall()})
+        return stored
 
     @staticmethod
     async def _changed(
@@ -706,7 +764,7 @@ class PostgresEventSink:
         ]
         state = _Outcomes([None] * len(batch))
         try:
-            await self._commit(pending, [], state)
+            await self._write_split(pending, [], state)
         except asyncio.CancelledError:
             for _, future in batch:
                 if not future.done():

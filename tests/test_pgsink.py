@@ -244,3 +244,21 @@ async def test_stdout_sink_lines_read_back(database_url: str, aconn: Conn) -> No
     assert first.counts()["inserted"] == 2 and second.counts()["duplicates"] == 2
     cur = await aconn.execute("SELECT DISTINCT execution_id FROM noetl.event")
     assert await cur.fetchall() == [("7288213371283718145",)]
+
+
+async def test_large_batches_find_conflicts_in_other_months(database_url: str, aconn: Conn) -> None:
+    """Big batches probe only their own months, plus everywhere for executions stored elsewhere."""
+    from projector.pgsink import WINDOW_MIN_KEYS
+
+    old = event("long-run", "k-1", at=-40 * 86400)  # a month or more before the batch
+    batch = events(WINDOW_MIN_KEYS + 700, execution_prefix="big")
+    reused = event("long-run", "k-1", at=5.0, status="FAILED")  # same id, this month
+    redelivered = batch[10]
+    async with PostgresEventSink(database_url, lanes=1) as sink:
+        assert await sink.emit(old) == "inserted"
+        await sink.emit_many(batch[:20])
+        result = await sink.emit_many([*batch[20:], reused, redelivered])
+    assert result.conflict_ids == [("long-run", "k-1")]
+    assert result.outcomes[-2:] == ["conflict", "duplicate"]
+    assert result.inserted == len(batch) - 20
+    assert await count(aconn) == len(batch) + 1
