@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -27,9 +27,11 @@ def _datastore(url: str) -> Any:
     from eventsourcing.postgres import PostgresDatastore
 
     parts = urlsplit(url)
+    # The embedded server is reached through a Unix socket: its directory is the `host` parameter.
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
     return PostgresDatastore(
         dbname=parts.path.lstrip("/"),
-        host=parts.hostname or "127.0.0.1",
+        host=socket_dir or parts.hostname or "127.0.0.1",
         port=parts.port or 5432,
         user=unquote(parts.username or "postgres"),
         password=unquote(parts.password or ""),
