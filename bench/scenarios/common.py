@@ -11,24 +11,14 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 
 from projector.database import CONNECT_KWARGS
-from projector.envelope import ExecutorEvent
+from projector.envelope import ENVELOPE_FIELDS, ExecutorEvent
 from projector.pgsink import PostgresEventSink
 
 from ..events import copy_row
 from ..runner import Sample, Timer
 
 BATCH = 2_000
-COLUMNS = (
-    "execution_id",
-    "event_id",
-    "event_type",
-    "step",
-    "status",
-    "created_at",
-    "context",
-    "worker_id",
-    "meta",
-)
+COLUMNS = ENVELOPE_FIELDS  # noetl.event's columns mirror the envelope's fields
 COPY_TYPES = ["text", "text", "text", "text", "text", "timestamptz", "jsonb", "text", "jsonb"]
 COPY = f"COPY noetl.event ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
