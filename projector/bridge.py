@@ -72,8 +72,7 @@ class BridgeConfig:
     durable: str = DEFAULT_DURABLE
     #: Messages fetched (and written in one transaction) at a time.
     batch: int = 2000
-    #: Batches written at once (their transactions never wait on each other's locks for long:
-    #: the sink splits each batch into lanes by execution id).
+    #: Batches written at once, so one batch's validation overlaps another's transaction.
     in_flight: int = 2
     #: How long one fetch waits for messages; also bounds how quickly a stop request is seen.
     fetch_timeout: float = 1.0
