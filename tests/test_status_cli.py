@@ -104,3 +104,17 @@ async def test_print_status_tables(aconn: Conn, database_url: str) -> None:
     await status_commands.print_status_tables(database_url, ["d1", "d2"], console)
     text = console.export_text()
     assert "d1" in text and "d2" in text and "step1" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["status", "x"], ["history", "x"], ["executions"], ["project", "--once"], ["rebuild"]],
+)
+def test_unmigrated_database_is_an_environment_error(
+    empty_database_url: str, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3 with advice, as the README promises, not the exit 1 of an unknown execution."""
+    from projector.cli import run
+
+    assert run(["--database-url", empty_database_url, *argv]) == 3
+    assert "projector db upgrade" in capsys.readouterr().err

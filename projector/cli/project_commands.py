@@ -9,14 +9,9 @@ import signal
 
 from rich.console import Console
 
-from ..errors import ProjectorError
 from ..projection import DEFAULT_NAME, Projector, connect, rebuild
 
 __all__ = ["register"]
-
-
-def _err(message: str) -> None:
-    Console(stderr=True, highlight=False).print(message, markup=False)
 
 
 async def project_command(args: argparse.Namespace, db: str) -> int:
@@ -24,40 +19,32 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
     projector = Projector(
         db, name=args.name, max_events=args.max_events, poll_interval=args.poll_interval
     )
-    try:
-        if args.once:
-            count = await projector.once()
-            Console(highlight=False).print(f"projected {count} events", markup=False)
-            return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-        try:
-            await projector.run(stop)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+    if args.once:
+        count = await projector.once()
+        Console(highlight=False).print(f"projected {count} events", markup=False)
         return 0
-    except ProjectorError as exc:
-        _err(f"error: {exc}")
-        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await projector.run(stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     """Recompute step_state and execution_state from the whole event log."""
+    conn = await connect(db)
     try:
-        conn = await connect(db)
-        try:
-            result = await rebuild(conn, name=args.name)
-        finally:
-            await conn.close()
-    except ProjectorError as exc:
-        _err(f"error: {exc}")
-        return 1
+        result = await rebuild(conn, name=args.name)
+    finally:
+        await conn.close()
     Console(highlight=False).print(
         f"rebuilt {result.steps} steps of {result.executions} executions", markup=False
     )

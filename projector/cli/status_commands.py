@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..database import CONNECT_KWARGS
-from ..errors import ProjectorError, UnknownExecution, translate
+from ..errors import UnknownExecution, translate
 from ..fold import TERMINAL, normalize_status
 
 __all__ = ["print_status_tables", "register"]
@@ -162,7 +162,7 @@ async def print_status_tables(db: str, execution_ids: Sequence[str], console: Co
         raise translate(exc) from exc
 
 
-def _fail(exc: ProjectorError) -> int:
+def _fail(exc: UnknownExecution) -> int:
     output_console(stderr=True).print(f"error: {exc}", markup=False, highlight=False)
     return 1
 
@@ -172,10 +172,10 @@ async def status_command(args: argparse.Namespace, db: str) -> int:
     try:
         async with await _connect(db) as conn:
             execution, steps = await _status_rows(conn, args.execution_id)
-    except ProjectorError as exc:
+    except UnknownExecution as exc:
         return _fail(exc)
-    except psycopg.Error as exc:
-        return _fail(translate(exc))
+    except psycopg.Error as exc:  # unreachable, not migrated: main() reports it, exit 3
+        raise translate(exc) from exc
     if args.json:
         doc = {**_jsonable(execution), "steps": [_jsonable(s) for s in steps]}
         print(json.dumps(doc, ensure_ascii=False, indent=2))
@@ -199,10 +199,10 @@ async def history_command(args: argparse.Namespace, db: str) -> int:
                 )
                 if not known:
                     raise UnknownExecution(args.execution_id)
-    except ProjectorError as exc:
+    except UnknownExecution as exc:
         return _fail(exc)
-    except psycopg.Error as exc:
-        return _fail(translate(exc))
+    except psycopg.Error as exc:  # unreachable, not migrated: main() reports it, exit 3
+        raise translate(exc) from exc
     if args.json:
         print(json.dumps([_jsonable(e) for e in events], ensure_ascii=False, indent=2))
         return 0
@@ -230,10 +230,10 @@ async def executions_command(args: argparse.Namespace, db: str) -> int:
     try:
         async with await _connect(db) as conn:
             rows = await _fetch(conn, EXECUTIONS, {"status": status, "limit": args.limit})
-    except ProjectorError as exc:
+    except UnknownExecution as exc:
         return _fail(exc)
-    except psycopg.Error as exc:
-        return _fail(translate(exc))
+    except psycopg.Error as exc:  # unreachable, not migrated: main() reports it, exit 3
+        raise translate(exc) from exc
     if args.json:
         print(json.dumps([_jsonable(r) for r in rows], ensure_ascii=False, indent=2))
         return 0
