@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +70,7 @@ def embedded_server(data_dir: Path | None = None) -> Iterator[str]:
 
 def database_url(explicit: str | None = None) -> str | None:
     """The configured URL (option, then PROJECTOR_DATABASE_URL), or None for the embedded server."""
-    url = explicit or os.environ.get("PROJECTOR_DATABASE_URL") or Settings().database_url
+    url = explicit or Settings().database_url
     if url is None:
         return None
     if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):

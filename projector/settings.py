@@ -19,4 +19,3 @@ class Settings(BaseSettings):
         default=None,
         description="Data directory of the embedded PostgreSQL (default: the user data directory).",
     )
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
