@@ -8,8 +8,11 @@ How one batch is written (one transaction, retried as a whole):
    :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes
    them, so the check below cannot race with another sink.
 3. One indexed lookup finds which `(execution_id, event_id)` pairs are already stored, in any
-   partition. Identical content is a duplicate; different content is a conflict: reported, the
-   stored row left unchanged.
+   partition, with their `content_hash` (see :func:`content_hash`). Identical content is a
+   duplicate; different content is a conflict: reported, the stored row left unchanged. Equal
+   hashes settle "identical" in the client; the rare rest (no hash: written by something else; or
+   another hash: a conflict, or the same JSON serialised in another key order) is compared in the
+   server, field by field, as jsonb.
 4. Only the new rows are written, with binary `COPY`; one payload-free NOTIFY wakes projectors.
 
 Retries: transient failures (connection lost, server restarting, serialization failures, a unique
@@ -25,12 +28,14 @@ database slows callers down instead of growing memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import random
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -39,7 +44,8 @@ from typing import Any, Literal, Self
 import orjson
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg.types.json import set_json_dumps
+from psycopg.types.string import BytesBinaryDumper
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
@@ -63,6 +69,7 @@ __all__ = [
     "PostgresEventSink",
     "RawEnvelope",
     "Rejection",
+    "content_hash",
     "describe_validation_error",
 ]
 
@@ -74,9 +81,12 @@ Outcome = Literal["inserted", "duplicate", "conflict", "rejected"]
 LOCK_CLASS = 0x6E6F  # "no"
 LOCK_BUCKETS = 1024
 
-# noetl.event's columns mirror the envelope's fields, in the same order (see `_row`).
-_COLUMNS = ENVELOPE_FIELDS
-_COPY_TYPES = ["text", "text", "text", "text", "text", "timestamptz", "jsonb", "text", "jsonb"]
+# noetl.event's columns mirror the envelope's fields, in the same order (see `_row`), then the
+# content fingerprint.
+_COLUMNS = (*ENVELOPE_FIELDS, "content_hash")
+# The jsonb columns travel as jsonb's binary wire format (a version byte, then the JSON text),
+# built in `_row`; declaring them bytea makes psycopg pass those bytes through with its C dumper.
+_COPY_TYPES = [*["text"] * 5, "timestamptz", "bytea", "text", "bytea", "bytea"]
 _COPY = f"COPY noetl.event ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 # The transaction id (to recognise our own rows after a lost COMMIT), the advisory locks (taken in
 # sorted order so that writers never deadlock) and the projectors' wake-up, in one round trip. A
@@ -91,20 +101,28 @@ _BEGIN_NOTIFY = _BEGIN + ", pg_notify(%s, '')"
 # LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
 # join would scan the whole table. The windowed form probes only rows whose created_at lies in the
 # months the batch covers, so every other partition is pruned before execution; the executions
-# that also have rows outside those months (`_OUTSIDE`) have their keys looked up everywhere.
-_LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid"
+# that also have rows outside those months have their keys looked up everywhere. Before that,
+# `_STORED_EXECUTIONS` says which of the batch's executions have any row at all (three index
+# probes per execution, not per key): the keys of a new execution are new, with no probe each.
+_LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid, e.content_hash"
 _LOOKUP_JOIN = (
-    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text"
+    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text,"
+    " x.content_hash"
     " FROM noetl.event x WHERE x.execution_id = k.execution_id AND x.event_id = k.event_id"
     "{window} OFFSET 0) e"
 )
 _WINDOW = " AND x.created_at >= %s AND x.created_at < %s"
+#: Items validated and serialised between two turns of the event loop (see `_prepare_yielding`).
+PREPARE_SLICE = 50
 #: Below this many keys one lookup in every partition costs less than the extra round trip.
 WINDOW_MIN_KEYS = 500
-_OUTSIDE = (
-    "SELECT u.x FROM unnest({unnest}) AS u(x)"
-    " WHERE EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x AND e.created_at < %s)"
+_STORED_EXECUTIONS = (
+    "SELECT s.x, s.outside FROM (SELECT u.x,"
+    " EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x"
+    "  AND e.created_at >= %s AND e.created_at < %s) AS inside,"
+    " EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x AND e.created_at < %s)"
     " OR EXISTS (SELECT 1 FROM noetl.event e WHERE e.execution_id = u.x AND e.created_at >= %s)"
+    " AS outside FROM unnest({unnest}) AS u(x)) s WHERE s.inside OR s.outside"
 )
 # Values travel as strings joined by U+001F (U+001E marks NULL): parsing them server-side is about
 # twice as fast as binding text[] parameters. Values containing either character use arrays.
@@ -120,9 +138,8 @@ def _lookup_sql(unnest: str, windowed: bool) -> str:
     return f"{_LOOKUP_COLUMNS} FROM unnest({unnest}, {unnest}) AS {_KEY_COLUMNS}{join}"
 
 
-def _month_window(rows: Iterable[Row]) -> tuple[datetime, datetime]:
-    """From the first month of the rows' created_at (UTC) to the first month after them."""
-    times = [r[5] for r in rows]
+def _month_window(times: Sequence[datetime]) -> tuple[datetime, datetime]:
+    """From the first month of `times` (UTC) to the first month after them."""
     lo = min(times).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last = max(times)
     hi = (
@@ -133,8 +150,9 @@ def _month_window(rows: Iterable[Row]) -> tuple[datetime, datetime]:
     return lo, hi
 
 
-# Phase 2, only for keys stored with the same created_at: which of them differ in content. The
-# comparison runs in the server (jsonb equality), so a duplicate costs no row transfer.
+# Phase 2, only for keys stored with the same created_at and without the same content hash: which
+# of them differ in content. The comparison runs in the server (jsonb equality, which ignores key
+# order and number spelling, as the client's hash does not).
 _COMPARE_COLUMNS = (
     "k(execution_id, event_id, created_at, event_type, step, status, context, worker_id, meta, i)"
 )
@@ -249,9 +267,10 @@ def _raw_columns(raw: bytes | str) -> tuple[str, bytes | None]:
     return text, None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
-    """A validated event waiting in a batch, with its index in the caller's items."""
+    """A validated event waiting in a batch: its index in the caller's items, and its COPY row
+    (`_row`: the envelope's columns with JSON already serialised, then the content hash)."""
 
     index: int
     event: ExecutorEvent
@@ -276,8 +295,42 @@ class _Reject:
     reason: str
 
 
+def _json_bytes(value: Any) -> bytes:
+    dumped = _dumps(value)
+    return dumped if isinstance(dumped, bytes) else dumped.encode("utf-8", "surrogatepass")
+
+
+_JSONB_VERSION = b"\x01"  # jsonb's binary input format: this version byte, then JSON text
+
+
+def content_hash(event: ExecutorEvent) -> bytes:
+    """The 16-byte fingerprint stored in noetl.event.content_hash for `event`'s content.
+
+    BLAKE2b-128 of: the JSON array `[event_type, step, status, created_at, worker_id]` (created_at
+    in RFC 3339, UTC), a newline, `context` as JSON, a newline, and `meta` as JSON (or `-` when
+    there is none), all serialised by orjson as the sink writes them. Equal hashes mean identical
+    content; different hashes mean "compare in full" (the same JSON may be spelled differently).
+    """
+    digest: bytes = _row(event, event.resolved_event_id())[9]
+    return digest
+
+
 def _row(event: ExecutorEvent, event_id: str) -> Row:
-    context = event.context
+    """The COPY row: the envelope's columns (JSON serialised once, here) and the content hash."""
+    head_fields = (event.event_type, event.step, event.status, event.created_at, event.worker_id)
+    meta: bytes | None = None
+    try:
+        context = orjson.dumps(event.context)
+        head = orjson.dumps(head_fields)
+        if event.meta is not None:
+            meta = orjson.dumps(event.meta)
+    except (TypeError, orjson.JSONEncodeError):  # beyond 64-bit integers, lone surrogates
+        context = _json_bytes(event.context)
+        head = repr(head_fields).encode("utf-8", "surrogatepass")
+        meta = None if event.meta is None else _json_bytes(event.meta)
+    digest = hashlib.blake2b(
+        b"".join((head, b"\n", context, b"\n", b"-" if meta is None else meta)), digest_size=16
+    ).digest()
     return (
         event.execution_id,
         event_id,
@@ -285,30 +338,34 @@ def _row(event: ExecutorEvent, event_id: str) -> Row:
         event.step,
         event.status,
         event.created_at,
-        Jsonb(None) if context is None else context,
+        _JSONB_VERSION + context,
         event.worker_id,
-        event.meta,
+        None if meta is None else _JSONB_VERSION + meta,
+        digest,
     )
 
 
 def _columns_param(columns: Sequence[Sequence[str | None]]) -> tuple[str, tuple[object, ...]]:
     """Bind equally long text columns: joined strings when safe, else text[] arrays."""
-    safe = all(
-        v is None or (SEPARATOR not in v and NULL_MARK not in v) for col in columns for v in col
-    )
-    if safe:
-        joined = tuple(
-            SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
-        )
-        return _JOINED, joined
-    return _ARRAY, tuple(list(col) for col in columns)
+    joined: list[str] = []
+    for col in columns:
+        has_null = None in col
+        text = SEPARATOR.join([NULL_MARK if v is None else v for v in col] if has_null else col)  # type: ignore[arg-type]
+        # Safe when the only separators are the ones just put in, no value holds a NULL mark,
+        # and the text is not empty (string_to_array('') is an empty array, not one '').
+        if (
+            not text
+            or text.count(SEPARATOR) != len(col) - 1
+            or (NULL_MARK in text and (not has_null or any(v and NULL_MARK in v for v in col)))
+        ):
+            return _ARRAY, tuple(list(col) for col in columns)
+        joined.append(text)
+    return _JOINED, tuple(joined)
 
 
-def _json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    dumped = _dumps(value.obj if isinstance(value, Jsonb) else value)
-    return dumped.decode("utf-8") if isinstance(dumped, bytes) else dumped
+def _json_text(value: bytes | None) -> str | None:
+    """JSON text from a row's jsonb wire value."""
+    return None if value is None else value[1:].decode("utf-8", "surrogatepass")
 
 
 def _bucket(execution_id: str) -> int:
@@ -316,20 +373,19 @@ def _bucket(execution_id: str) -> int:
     return zlib.crc32(execution_id.encode("utf-8")) % LOCK_BUCKETS
 
 
-def _json_value(value: Any) -> Any:
-    return value.obj if isinstance(value, Jsonb) else value
-
-
-def _same_content(stored: Sequence[Any], row: Row) -> bool:
-    """Whether two rows (stored or about to be) hold the same envelope apart from their key."""
+def _same_content(a: _Pending, b: _Pending) -> bool:
+    """Whether two events of one batch hold the same envelope apart from their key."""
+    if a.row[9] == b.row[9]:
+        return True
+    x, y = a.event, b.event
     return bool(
-        stored[2] == row[2]
-        and stored[3] == row[3]
-        and stored[4] == row[4]
-        and stored[5] == row[5]
-        and _json_value(stored[6]) == _json_value(row[6])
-        and stored[7] == row[7]
-        and stored[8] == row[8]
+        x.event_type == y.event_type
+        and x.step == y.step
+        and x.status == y.status
+        and x.created_at == y.created_at
+        and x.context == y.context
+        and x.worker_id == y.worker_id
+        and x.meta == y.meta
     )
 
 
@@ -401,6 +457,8 @@ class PostgresEventSink:
         # orjson writes; reading stays with the json module, which keeps integers beyond 64 bits
         # exact (orjson would turn them into floats and report false conflicts).
         set_json_dumps(_dumps, context=conn)
+        # bytes through the C dumper (the default by-oid bytea dumper is a Python one).
+        conn.adapters.register_dumper(bytes, BytesBinaryDumper)
 
     async def open(self) -> None:
         """Open the pool, wait for a connection and check that the schema is migrated."""
@@ -471,22 +529,51 @@ class PostgresEventSink:
         """Store a batch; invalid items are rejected (kept in noetl.event_rejected), never fatal.
 
         Items may be envelopes, raw JSON (`RawEnvelope`) or mappings. Written in transactions of
-        `batch_size`, `lanes` of them at a time; returns after the last one commits. At most
-        `batch_size * lanes` items are held at once, whatever the length of `items`.
+        `batch_size`, `lanes` of them at a time; returns after the last one commits. The next
+        `batch_size * lanes` items are validated and serialised while the current ones are being
+        written (that work would otherwise leave the database idle), so at most twice that many
+        items are held at once, whatever the length of `items`.
         """
         if self._closed or self._queue is None:
             raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
         result = BatchResult()
+        writing: asyncio.Task[BatchResult] | None = None
+        try:
+            for chunk in self._windows(items):
+                prepared = await self._prepare_yielding(chunk, source)
+                if writing is not None:
+                    result.extend(await writing)
+                writing = asyncio.create_task(self._write_items(len(chunk), *prepared))
+            if writing is not None:
+                result.extend(await writing)
+                writing = None
+        finally:
+            if writing is not None:  # an error or a cancellation: don't leave the write behind
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+        return result
+
+    def _windows(
+        self, items: Iterable[ExecutorEvent | RawEnvelope | Mapping[str, Any]]
+    ) -> Iterator[Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]]]:
+        """`items` in lists of `batch_size * lanes` (one empty list for no items)."""
         window = self.batch_size * self.lanes
+        if isinstance(items, Sequence):
+            for start in range(0, len(items), window):
+                yield items[start : start + window]
+            if not items:
+                yield []
+            return
         chunk: list[ExecutorEvent | RawEnvelope | Mapping[str, Any]] = []
+        sent = False
         for item in items:
             chunk.append(item)
             if len(chunk) >= window:
-                result.extend(await self._write_items(chunk, source))
-                chunk = []
-        if chunk or not result.outcomes:
-            result.extend(await self._write_items(chunk, source))
-        return result
+                yield chunk
+                chunk, sent = [], True
+        if chunk or not sent:
+            yield chunk
 
     async def reject(
         self, raw: bytes | str, *, source: str, reason: str, position: int | None = None
@@ -496,12 +583,35 @@ class PostgresEventSink:
 
     # -- batches ---------------------------------------------------------------------------------
 
-    def _prepare(
+    async def _prepare_yielding(
         self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
     ) -> tuple[list[_Pending], list[_Reject]]:
+        """`_prepare` in slices, letting the event loop run between them: a transaction being
+        written meanwhile gets its next statement sent as soon as the server answers."""
         pending: list[_Pending] = []
         rejects: list[_Reject] = []
-        for i, item in enumerate(items):
+        for start in range(0, len(items), PREPARE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            self._prepare(items, source, pending, rejects, start, start + PREPARE_SLICE)
+        return pending, rejects
+
+    def _prepare(
+        self,
+        items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]],
+        source: str,
+        pending: list[_Pending],
+        rejects: list[_Reject],
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
+        """Validate and serialise `items[start:stop]` into `pending`; the invalid into `rejects`."""
+        for i in range(start, len(items) if stop is None else min(stop, len(items))):
+            item = items[i]
+            if item.__class__ is ExecutorEvent:
+                event = item
+                pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
+                continue
             try:
                 if isinstance(item, ExecutorEvent):
                     event = item
@@ -513,7 +623,6 @@ class PostgresEventSink:
                 rejects.append(self._reject_of(i, item, source, describe_validation_error(exc)))
                 continue
             pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
-        return pending, rejects
 
     @staticmethod
     def _reject_of(i: int, item: object, source: str, reason: str) -> _Reject:
@@ -526,26 +635,27 @@ class PostgresEventSink:
         return _Reject(i, raw, source, i, reason)
 
     async def _write_items(
-        self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
+        self, count: int, pending: list[_Pending], rejects: list[_Reject]
     ) -> BatchResult:
-        pending, rejects = self._prepare(items, source)
-        state = _Outcomes([None] * len(items))
+        """Write `count` prepared items; the result has one outcome per item."""
+        state = _Outcomes([None] * count)
         await self._write_split(pending, rejects, state)
-        result = BatchResult(conflict_ids=state.conflicts)
-        for i, outcome in enumerate(state.outcomes):
-            if outcome == "inserted":
-                result.inserted += 1
-            elif outcome == "duplicate":
-                result.duplicates += 1
-            elif outcome == "conflict":
-                result.conflicts += 1
-            else:
-                result.rejected.append(Rejection(i, state.reasons.get(i, "not stored"), None))
-        lines = {r.index: r.line for r in rejects}
-        result.rejected = [
-            Rejection(r.position, r.reason, lines.get(r.position)) for r in result.rejected
-        ]
-        result.outcomes = [o if o is not None else "rejected" for o in state.outcomes]
+        outcomes = state.outcomes
+        result = BatchResult(
+            inserted=outcomes.count("inserted"),
+            duplicates=outcomes.count("duplicate"),
+            conflicts=outcomes.count("conflict"),
+            conflict_ids=state.conflicts,
+        )
+        if result.inserted + result.duplicates + result.conflicts < len(outcomes):
+            lines = {r.index: r.line for r in rejects}
+            result.rejected = [
+                Rejection(i, state.reasons.get(i, "not stored"), lines.get(i))
+                for i, o in enumerate(outcomes)
+                if o is None or o == "rejected"
+            ]
+            outcomes = [o if o is not None else "rejected" for o in outcomes]
+        result.outcomes = outcomes  # type: ignore[assignment]
         return result
 
     async def _write_split(
@@ -559,6 +669,9 @@ class PostgresEventSink:
         lanes never wait for each other's advisory locks, so their transactions really run side by
         side (one fills its COPY while another is looked up or commits)."""
         count = self.lanes if lanes is None else lanes
+        if count == 1:
+            await self._write_lane(pending, rejects, state)
+            return
         split: list[list[_Pending]] = [[] for _ in range(count)]
         for p in pending:
             split[_bucket(p.row[0]) % count].append(p)
@@ -635,9 +748,7 @@ class PostgresEventSink:
         first: dict[tuple[str, str], _Pending] = {}
         for p in pending:
             first.setdefault((p.row[0], p.row[1]), p)
-        buckets = sorted({_bucket(k[0]) for k in first})
-        new_outcomes: dict[int, Outcome] = {}
-        conflicts: list[tuple[str, str]] = []
+        buckets = sorted({_bucket(e) for e in {k[0] for k in first}})
         stored: dict[tuple[str, str], Any] = {}
         changed: set[int] = set()
         async with self._pool.connection() as conn:
@@ -651,13 +762,14 @@ class PostgresEventSink:
                     begin = await cur.fetchone()
                     assert begin is not None
                     earlier_txids.add(str(begin[0]))
-                    fresh: list[_Pending] = []
+                    fresh: Iterable[_Pending] = ()
                     if first:
-                        stored = await self._lookup(
-                            cur, list(first), [p.row for p in first.values()]
-                        )
-                        fresh = [p for key, p in first.items() if key not in stored]
-                        changed = await self._changed(cur, pending, stored, earlier_txids)
+                        stored = await self._lookup(cur, first)
+                        if stored:
+                            fresh = [p for key, p in first.items() if key not in stored]
+                            changed = await self._changed(cur, pending, stored, earlier_txids)
+                        else:
+                            fresh = first.values()
                     if fresh:
                         async with cur.copy(_COPY) as copy:
                             copy.set_types(_COPY_TYPES)
@@ -670,40 +782,51 @@ class PostgresEventSink:
                         )
             except pgerrors.DataError as exc:
                 raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
+        outcomes = state.outcomes
+        conflicts = state.conflicts
+        if not stored and len(first) == len(pending):  # the common case: all new, all distinct
+            for p in pending:
+                outcomes[p.index] = "inserted"
+            return
         for p in pending:
             key = (p.row[0], p.row[1])
             hit = stored.get(key)
             if hit is None or hit[3] in earlier_txids:  # new, or ours from a lost COMMIT
                 winner = first[key]
-                if p is winner or _same_content(winner.row, p.row):
-                    new_outcomes[p.index] = "inserted" if p is winner else "duplicate"
+                if p is winner or _same_content(winner, p):
+                    outcomes[p.index] = "inserted" if p is winner else "duplicate"
                     continue
             elif p.index not in changed:
-                new_outcomes[p.index] = "duplicate"
+                outcomes[p.index] = "duplicate"
                 continue
-            new_outcomes[p.index] = "conflict"
+            outcomes[p.index] = "conflict"
             conflicts.append(key)
-        for index, outcome in new_outcomes.items():
-            state.outcomes[index] = outcome
-        state.conflicts.extend(conflicts)
 
     @staticmethod
     async def _lookup(
-        cur: psycopg.AsyncCursor[Any], keys: list[tuple[str, str]], rows: list[Row]
+        cur: psycopg.AsyncCursor[Any], first: dict[tuple[str, str], _Pending]
     ) -> dict[tuple[str, str], Any]:
-        """The stored rows of `keys`: in the batch's months, and everywhere for the executions
-        that have rows outside them (a batch too small to gain from that looks everywhere)."""
+        """The stored rows of `first`'s keys: none for executions without any row; in the batch's
+        months, and everywhere for the executions that have rows outside them (a batch too small
+        to gain from that looks everywhere at once)."""
+        keys = list(first)
         if len(keys) < WINDOW_MIN_KEYS:
             unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
             await cur.execute(
                 _lookup_sql(unnest, windowed=False), params, binary=True, prepare=True
             )
             return {(r[0], r[1]): r for r in await cur.fetchall()}
-        lo, hi = _month_window(rows)
+        lo, hi = _month_window([p.row[5] for p in first.values()])
         executions = sorted({k[0] for k in keys})
         unnest, params = _columns_param([executions])
-        await cur.execute(_OUTSIDE.format(unnest=unnest), (*params, lo, hi), prepare=True)
-        spread = {r[0] for r in await cur.fetchall()}
+        await cur.execute(
+            _STORED_EXECUTIONS.format(unnest=unnest), (lo, hi, lo, hi, *params), prepare=True
+        )
+        known = dict(await cur.fetchall())
+        if not known:
+            return {}
+        spread = {x for x, outside in known.items() if outside}
+        keys = [k for k in keys if k[0] in known]
         unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
         await cur.execute(
             _lookup_sql(unnest, windowed=True), (*params, lo, hi), binary=True, prepare=True
@@ -732,7 +855,7 @@ class PostgresEventSink:
                 continue
             if hit[2] != p.row[5]:  # another created_at: another partition, surely different
                 changed.add(p.index)
-            else:
+            elif hit[4] != p.row[9]:  # no hash, or another one: compare in full
                 candidates.append(p)
         if candidates:
             rows = [p.row for p in candidates]

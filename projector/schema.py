@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -67,6 +68,18 @@ event = Table(
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     # The inserting transaction's id: readers fence on it to never skip a row committed late.
     Column("txid", XID8, nullable=False, server_default=text("pg_current_xact_id()")),
+    # A fingerprint of the content, written by PostgresEventSink: a redelivery is recognised as a
+    # duplicate from these 16 bytes. NULL for rows written otherwise (compared in full instead).
+    Column(
+        "content_hash",
+        LargeBinary,
+        nullable=True,
+        comment=(
+            "BLAKE2b-128 of the envelope's content as PostgresEventSink serialised it "
+            "(projector.pgsink.content_hash); NULL when written otherwise. A fast path only: "
+            "NULL or another hash means a full comparison."
+        ),
+    ),
     UniqueConstraint("execution_id", "event_id", "created_at"),
     Index(None, "execution_id", "created_at"),
     Index(None, "execution_id", "step", "created_at"),

@@ -262,3 +262,61 @@ async def test_large_batches_find_conflicts_in_other_months(database_url: str, a
     assert result.outcomes[-2:] == ["conflict", "duplicate"]
     assert result.inserted == len(batch) - 20
     assert await count(aconn) == len(batch) + 1
+
+
+async def test_stored_rows_carry_the_content_hash(database_url: str, aconn: Conn) -> None:
+    from projector.pgsink import content_hash
+
+    batch = events(3)
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit_many(batch)
+    cur = await aconn.execute("SELECT event_id, content_hash FROM noetl.event ORDER BY event_id")
+    stored = await cur.fetchall()
+    assert stored == [(e.event_id, content_hash(e)) for e in batch]
+    assert len({h for _, h in stored}) == 3 and all(len(h) == 16 for _, h in stored)
+    # The hash covers every content field, and nothing else.
+    e = batch[0]
+    assert content_hash(e.model_copy(update={"worker_id": "w9"})) != content_hash(e)
+    assert content_hash(e.model_copy(update={"context": {"n": "1"}})) != content_hash(e)
+    assert content_hash(e.model_copy(update={"meta": {}})) != content_hash(e)
+    assert content_hash(e.model_copy(update={"event_id": "other"})) == content_hash(e)
+
+
+@pytest.mark.parametrize("size", [3, 1200], ids=["small batch", "windowed batch"])
+async def test_duplicates_without_an_equal_hash_are_compared_in_full(
+    database_url: str, aconn: Conn, size: int
+) -> None:
+    """Rows written by another tool (no hash) or JSON spelled in another key order (another hash)
+    are still duplicates when their content is equal, and conflicts when it is not."""
+    batch = [
+        e.model_copy(update={"context": {"a": 1, "b": [1, 2], "n": e.event_id}})
+        for e in events(size, execution_prefix="other")
+    ]
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit_many(batch)
+    # Half the rows lose their hash, as if another writer had stored them.
+    await aconn.execute("UPDATE noetl.event SET content_hash = NULL WHERE event_id::int % 2 = 0")
+    reordered = [e.model_copy(update={"context": dict(reversed(e.context.items()))}) for e in batch]
+    changed = batch[1].model_copy(update={"context": {"a": 2}})
+    unhashed_changed = batch[2].model_copy(update={"status": "FAILED"})
+    async with PostgresEventSink(database_url) as sink:
+        again = await sink.emit_many(batch)
+        shuffled = await sink.emit_many(reordered)
+        mixed = await sink.emit_many([changed, unhashed_changed, batch[0]])
+    assert again.duplicates == size and shuffled.duplicates == size
+    assert mixed.outcomes == ["conflict", "conflict", "duplicate"]
+    assert await count(aconn) == size
+
+
+async def test_emit_many_takes_any_iterable_and_overlaps_windows(
+    database_url: str, aconn: Conn
+) -> None:
+    """A generator longer than several windows: every item is counted once, in order."""
+    batch = events(2500, execution_prefix="gen")
+    async with PostgresEventSink(database_url, batch_size=400) as sink:
+        first = await sink.emit_many(e for e in batch)
+        again = await sink.emit_many(iter([*batch[:1000], RawEnvelope(b"{", "test", 7)]))
+    assert first.inserted == 2500 and first.outcomes == ["inserted"] * 2500
+    assert again.outcomes == ["duplicate"] * 1000 + ["rejected"]
+    assert again.rejected[0].position == 1000 and again.rejected[0].line == 7
+    assert await count(aconn) == 2500
