@@ -98,12 +98,63 @@ _BEGIN = (
 )
 _BEGIN_NOTIFY = _BEGIN + ", pg_notify(%s, '')"
 # Phase 1, for every key of the batch: is it stored already, with which created_at, by whom.
-# LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever the estimates: a hash
-# join would scan the whole table. The windowed form probes only rows whose created_at lies in the
-# months the batch covers, so every other partition is pruned before execution; the executions
-# that also have rows outside those months have their keys looked up everywhere. Before that,
-# `_STORED_EXECUTIONS` says which of the batch's executions have any row at all (three index
-# probes per execution, not per key): the keys of a new execution are new, with no probe each.
+#
+# First, one range scan per execution of the batch over the unique index, from its smallest to its
+# largest event id in the batch (bounds computed in the server, in the column's collation), at most
+# `2n + 16` rows for n keys. Producers' ids grow (snowflakes, counters), so the range of new events
+# holds no stored row and costs one index descent per partition instead of one per key; a
+# redelivered batch finds exactly its own rows. Only an execution whose range is denser than that
+# (random ids interleaved with stored ones) has its keys probed one by one, as below.
+_RANGE_SCAN = (
+    " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text,"
+    "  x.content_hash FROM noetl.event x WHERE x.execution_id = b.execution_id"
+    "  AND x.event_id >= b.lo AND x.event_id <= b.hi LIMIT 2 * b.n + 16) r"
+)
+_RANGES = (
+    "SELECT r.execution_id, r.event_id, r.created_at, r.txid, r.content_hash, b.n"
+    " FROM (SELECT k.execution_id, min(k.event_id) AS lo, max(k.event_id) AS hi, count(*) AS n"
+    "  FROM unnest({unnest}, {unnest}) AS k(execution_id, event_id) GROUP BY 1) b" + _RANGE_SCAN
+)
+# The same with bounds computed by the client, when every id is a decimal number of one length per
+# execution (snowflakes, counters): such strings sort alike in every collation.
+_RANGES_GIVEN = (
+    "SELECT r.execution_id, r.event_id, r.created_at, r.txid, r.content_hash, b.n"
+    " FROM unnest({unnest}, {unnest}, {unnest}, %s::int[]) AS b(execution_id, lo, hi, n)"
+    + _RANGE_SCAN
+)
+
+
+def _decimal_bounds(keys: Iterable[tuple[str, str]]) -> dict[str, list[Any]] | None:
+    """Per execution `[lo, hi, n]` of its event ids, when they are all ASCII decimal numbers of
+    one length (so that every collation orders them as Python does); else None."""
+    bounds: dict[str, list[Any]] = {}
+    for execution_id, event_id in keys:
+        b = bounds.get(execution_id)
+        if b is None:
+            if not (event_id.isascii() and event_id.isdigit()):
+                return None
+            bounds[execution_id] = [event_id, event_id, 1]
+            continue
+        if len(event_id) != len(b[0]) or not (event_id.isascii() and event_id.isdigit()):
+            return None
+        if event_id < b[0]:
+            b[0] = event_id
+        elif event_id > b[1]:
+            b[1] = event_id
+        b[2] += 1
+    return bounds
+
+
+def _range_limit(n: int) -> int:
+    return 2 * n + 16
+
+
+# The per-key probes. LATERAL ... OFFSET 0 keeps the plan a nested loop of index probes whatever
+# the estimates: a hash join would scan the whole table. The windowed form probes only rows whose
+# created_at lies in the months the batch covers, so every other partition is pruned before
+# execution; the executions that also have rows outside those months have their keys looked up
+# everywhere. Before that, `_STORED_EXECUTIONS` says which executions have any row at all (three
+# index probes per execution, not per key): the keys of a new execution need no probe.
 _LOOKUP_COLUMNS = "SELECT e.execution_id, e.event_id, e.created_at, e.txid, e.content_hash"
 _LOOKUP_JOIN = (
     " CROSS JOIN LATERAL (SELECT x.execution_id, x.event_id, x.created_at, x.txid::text,"
@@ -802,21 +853,56 @@ class PostgresEventSink:
             outcomes[p.index] = "conflict"
             conflicts.append(key)
 
-    @staticmethod
+    @classmethod
     async def _lookup(
-        cur: psycopg.AsyncCursor[Any], first: dict[tuple[str, str], _Pending]
+        cls, cur: psycopg.AsyncCursor[Any], first: dict[tuple[str, str], _Pending]
     ) -> dict[tuple[str, str], Any]:
-        """The stored rows of `first`'s keys: none for executions without any row; in the batch's
-        months, and everywhere for the executions that have rows outside them (a batch too small
-        to gain from that looks everywhere at once)."""
+        """The stored rows of `first`'s keys: by id range per execution, then key by key for
+        executions whose range holds too many other rows to be read whole."""
         keys = list(first)
+        bounds = _decimal_bounds(keys)
+        if bounds is None:
+            unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
+            await cur.execute(_RANGES.format(unnest=unnest), params, binary=True, prepare=True)
+        else:
+            unnest, params = _columns_param(
+                [list(bounds), [b[0] for b in bounds.values()], [b[1] for b in bounds.values()]]
+            )
+            params = (*params, [b[2] for b in bounds.values()])
+            await cur.execute(
+                _RANGES_GIVEN.format(unnest=unnest), params, binary=True, prepare=True
+            )
+        wanted = set(keys)
+        stored: dict[tuple[str, str], Any] = {}
+        seen: dict[str, int] = {}
+        limits: dict[str, int] = {}
+        for r in await cur.fetchall():
+            key = (r[0], r[1])
+            seen[r[0]] = seen.get(r[0], 0) + 1
+            limits[r[0]] = _range_limit(r[5])
+            if key in wanted:
+                stored[key] = r
+        dense = {x for x, n in seen.items() if n >= limits[x]}
+        if dense:
+            probe = [k for k in keys if k[0] in dense]
+            times = [first[k].row[5] for k in probe]
+            stored.update(await cls._probe_keys(cur, probe, times))
+        return stored
+
+    @staticmethod
+    async def _probe_keys(
+        cur: psycopg.AsyncCursor[Any], keys: list[tuple[str, str]], times: list[datetime]
+    ) -> dict[tuple[str, str], Any]:
+        """The stored rows of `keys` (created at `times`), probed one by one: in the batch's
+        months, and everywhere for the executions that have rows outside them (few keys:
+        everywhere at once)."""
         if len(keys) < WINDOW_MIN_KEYS:
             unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
             await cur.execute(
                 _lookup_sql(unnest, windowed=False), params, binary=True, prepare=True
             )
             return {(r[0], r[1]): r for r in await cur.fetchall()}
-        lo, hi = _month_window([p.row[5] for p in first.values()])
+        lo, hi = _month_window(times)
         executions = sorted({k[0] for k in keys})
         unnest, params = _columns_param([executions])
         await cur.execute(

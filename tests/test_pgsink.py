@@ -320,3 +320,46 @@ async def test_emit_many_takes_any_iterable_and_overlaps_windows(
     assert again.outcomes == ["duplicate"] * 1000 + ["rejected"]
     assert again.rejected[0].position == 1000 and again.rejected[0].line == 7
     assert await count(aconn) == 2500
+
+
+@pytest.mark.parametrize("id_format", ["k-{:05d}", "{:05d}"], ids=["text ids", "decimal ids"])
+@pytest.mark.parametrize("size", [10, 700], ids=["small batch", "windowed batch"])
+async def test_dense_id_ranges_fall_back_to_probing_each_key(
+    database_url: str, aconn: Conn, size: int, id_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids that interleave with stored ones (random ids) make an execution's id range denser than
+    the range scan reads: its keys are probed one by one, and nothing is missed."""
+    probed: list[int] = []
+    probe_keys = PostgresEventSink._probe_keys
+
+    async def spy(cur: Any, keys: list[tuple[str, str]], times: list[Any]) -> Any:
+        probed.append(len(keys))
+        return await probe_keys(cur, keys, times)
+
+    monkeypatch.setattr(PostgresEventSink, "_probe_keys", staticmethod(spy))
+    stored = [
+        event("dense", id_format.format(i), at=i / 1000) for i in range(8 * size) if i % 4 != 1
+    ]
+    new = [event("dense", id_format.format(i), at=i / 1000) for i in range(1, 4 * size, 4)]
+    reused = stored[len(stored) // 2].model_copy(update={"status": "FAILED"})
+    redelivered = stored[3]
+    # Another month: probed everywhere. Its id sorts last, so the range covers every stored row.
+    old = event("dense", id_format.format(99999), at=-40 * 86400)
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit_many([*stored, old])
+        result = await sink.emit_many([*new, reused, redelivered, old])
+    assert result.outcomes == ["inserted"] * len(new) + ["conflict", "duplicate", "duplicate"]
+    assert await count(aconn) == len(stored) + len(new) + 1
+    assert probed == [len(new) + 3]  # the second batch's range was too dense to read whole
+
+
+def test_decimal_bounds_only_for_ids_every_collation_orders_alike() -> None:
+    from projector.pgsink import _decimal_bounds
+
+    assert _decimal_bounds([("a", "0042"), ("a", "0007"), ("b", "9"), ("a", "0100")]) == {
+        "a": ["0007", "0100", 3],
+        "b": ["9", "9", 1],
+    }
+    assert _decimal_bounds([("a", "42"), ("a", "7")]) is None  # lengths differ: "42" < "7"
+    assert _decimal_bounds([("a", "42"), ("a", "4x")]) is None
+    assert _decimal_bounds([("a", "\u0661\u0662")]) is None  # Arabic-Indic digits
