@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -335,6 +335,8 @@ class _Outcomes:
     outcomes: list[Outcome | None]
     reasons: dict[int, str] = field(default_factory=dict)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
+    #: Set once a COPY's rows are sent and the server is busy storing them (see `emit_many`).
+    copying: asyncio.Event | None = None
 
 
 @dataclass
@@ -589,12 +591,20 @@ class PostgresEventSink:
             raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
         result = BatchResult()
         writing: asyncio.Task[BatchResult] | None = None
+        copying = asyncio.Event()
         try:
             for chunk in self._windows(items):
+                if writing is not None:
+                    # Prepare while the server stores a COPY: not earlier, when the Python work
+                    # would only delay the statements before it.
+                    await _first_of(copying.wait(), writing)
                 prepared = await self._prepare_yielding(chunk, source)
                 if writing is not None:
                     result.extend(await writing)
-                writing = asyncio.create_task(self._write_items(len(chunk), *prepared))
+                copying = asyncio.Event()
+                writing = asyncio.create_task(
+                    self._write_items(len(chunk), *prepared, copying=copying)
+                )
             if writing is not None:
                 result.extend(await writing)
                 writing = None
@@ -686,10 +696,14 @@ class PostgresEventSink:
         return _Reject(i, raw, source, i, reason)
 
     async def _write_items(
-        self, count: int, pending: list[_Pending], rejects: list[_Reject]
+        self,
+        count: int,
+        pending: list[_Pending],
+        rejects: list[_Reject],
+        copying: asyncio.Event | None = None,
     ) -> BatchResult:
         """Write `count` prepared items; the result has one outcome per item."""
-        state = _Outcomes([None] * count)
+        state = _Outcomes([None] * count, copying=copying)
         await self._write_split(pending, rejects, state)
         outcomes = state.outcomes
         result = BatchResult(
@@ -826,6 +840,8 @@ class PostgresEventSink:
                             copy.set_types(_COPY_TYPES)
                             for p in fresh:
                                 await copy.write_row(p.row)
+                            if state.copying is not None:
+                                state.copying.set()
                     if rejects:
                         await cur.executemany(
                             _REJECT,
@@ -1007,6 +1023,15 @@ class PostgresEventSink:
             else:
                 reason = state.reasons.get(i, "the database refused this event")
                 future.set_exception(InvalidEnvelope(reason, i))
+
+
+async def _first_of(waiting: Awaitable[Any], task: asyncio.Task[Any]) -> None:
+    """Return when `waiting` completes or `task` ends, whichever is first."""
+    waiter = asyncio.ensure_future(waiting)
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 class _DataProblem(Exception):
