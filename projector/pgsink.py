@@ -816,37 +816,42 @@ class PostgresEventSink:
         buckets = sorted({_bucket(e) for e in {k[0] for k in first}})
         stored: dict[tuple[str, str], Any] = {}
         changed: set[int] = set()
+        # The pool's connection block commits at its end (rolls back on an error): the implicit
+        # BEGIN of a non-autocommit connection then travels in the pipeline below, with the locks
+        # and the lookup that must follow them, in one round trip.
         async with self._pool.connection() as conn:
             try:
-                async with conn.transaction():
-                    cur = conn.cursor()
+                cur = conn.cursor()
+                ranges = conn.cursor()
+                async with conn.pipeline():
                     if first:
                         await cur.execute(_BEGIN_NOTIFY, (LOCK_CLASS, buckets, NOTIFY_CHANNEL))
+                        await self._send_ranges(ranges, list(first))
                     else:
                         await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
-                    begin = await cur.fetchone()
-                    assert begin is not None
-                    earlier_txids.add(str(begin[0]))
-                    fresh: Iterable[_Pending] = ()
-                    if first:
-                        stored = await self._lookup(cur, first)
-                        if stored:
-                            fresh = [p for key, p in first.items() if key not in stored]
-                            changed = await self._changed(cur, pending, stored, earlier_txids)
-                        else:
-                            fresh = first.values()
-                    if fresh:
-                        async with cur.copy(_COPY) as copy:
-                            copy.set_types(_COPY_TYPES)
-                            for p in fresh:
-                                await copy.write_row(p.row)
-                            if state.copying is not None:
-                                state.copying.set()
-                    if rejects:
-                        await cur.executemany(
-                            _REJECT,
-                            [(*_raw_columns(r.raw), r.source, r.line, r.reason) for r in rejects],
-                        )
+                begin = await cur.fetchone()
+                assert begin is not None
+                earlier_txids.add(str(begin[0]))
+                fresh: Iterable[_Pending] = ()
+                if first:
+                    stored = await self._read_ranges(ranges, first)
+                    if stored:
+                        fresh = [p for key, p in first.items() if key not in stored]
+                        changed = await self._changed(cur, pending, stored, earlier_txids)
+                    else:
+                        fresh = first.values()
+                if fresh:
+                    async with cur.copy(_COPY) as copy:
+                        copy.set_types(_COPY_TYPES)
+                        for p in fresh:
+                            await copy.write_row(p.row)
+                        if state.copying is not None:
+                            state.copying.set()
+                if rejects:
+                    await cur.executemany(
+                        _REJECT,
+                        [(*_raw_columns(r.raw), r.source, r.line, r.reason) for r in rejects],
+                    )
             except pgerrors.DataError as exc:
                 raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
         outcomes = state.outcomes
@@ -869,13 +874,9 @@ class PostgresEventSink:
             outcomes[p.index] = "conflict"
             conflicts.append(key)
 
-    @classmethod
-    async def _lookup(
-        cls, cur: psycopg.AsyncCursor[Any], first: dict[tuple[str, str], _Pending]
-    ) -> dict[tuple[str, str], Any]:
-        """The stored rows of `first`'s keys: by id range per execution, then key by key for
-        executions whose range holds too many other rows to be read whole."""
-        keys = list(first)
+    @staticmethod
+    async def _send_ranges(cur: psycopg.AsyncCursor[Any], keys: list[tuple[str, str]]) -> None:
+        """Run the range scans of `keys` (distinct); `_read_ranges` reads them."""
         bounds = _decimal_bounds(keys)
         if bounds is None:
             unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
@@ -888,6 +889,14 @@ class PostgresEventSink:
             await cur.execute(
                 _RANGES_GIVEN.format(unnest=unnest), params, binary=True, prepare=True
             )
+
+    @classmethod
+    async def _read_ranges(
+        cls, cur: psycopg.AsyncCursor[Any], first: dict[tuple[str, str], _Pending]
+    ) -> dict[tuple[str, str], Any]:
+        """The stored rows of `first`'s keys: from the range scans, then key by key for
+        executions whose range holds too many other rows to be read whole."""
+        keys = list(first)
         wanted = set(keys)
         stored: dict[tuple[str, str], Any] = {}
         seen: dict[str, int] = {}
