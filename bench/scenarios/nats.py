@@ -243,6 +243,7 @@ async def end_to_end(db_url: str, nats_url: str, js: Any, n: int, bridges: int) 
             "stored": [s["stored"] for s in summaries],
             "duplicates": sum(s["duplicates"] for s in summaries),
             "redelivered": sum(s["redelivered"] for s in summaries),
+            "batches": sum(s["batches"] for s in summaries),
         },
     )
 
