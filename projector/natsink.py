@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from types import TracebackType
 from typing import Any
 
@@ -65,14 +66,20 @@ def _envelope(event: ExecutorEvent, event_id: str) -> bytes:
     }
     if event.status is not None:
         data["status"] = event.status
-    data["created_at"] = format_timestamp(event.created_at)
+    created_at = event.created_at
+    # orjson writes what format_timestamp writes (in C, without strftime) for UTC times with
+    # microseconds from the year 1000 on; anything else takes format_timestamp.
+    if created_at.tzinfo is UTC and created_at.microsecond and created_at.year >= 1000:
+        data["created_at"] = created_at
+    else:
+        data["created_at"] = format_timestamp(created_at)
     data["context"] = event.context
     if event.worker_id is not None:
         data["worker_id"] = event.worker_id
     if event.meta is not None:
         data["meta"] = event.meta
     try:
-        return orjson.dumps(data)
+        return orjson.dumps(data, option=orjson.OPT_UTC_Z)
     except (TypeError, orjson.JSONEncodeError):
         return envelope_bytes(event)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta, timezone
 from typing import Any
 
 import nats
@@ -147,6 +148,12 @@ def _varied_events() -> list[ExecutorEvent]:
         ),
         base.model_copy(update={"context": {"big": 2**70}}),  # beyond orjson: the fallback
         base.model_copy(update={"context": [0.1, -0.0, 1e-7, True, "x"]}),
+        base.model_copy(update={"created_at": base.created_at.replace(microsecond=0)}),
+        base.model_copy(update={"created_at": base.created_at.replace(microsecond=7)}),
+        base.model_copy(update={"created_at": base.created_at.replace(year=999)}),
+        base.model_copy(
+            update={"created_at": base.created_at.astimezone(timezone(timedelta(hours=2)))}
+        ),
     ]
     return [base] + [
         e if e.event_id is None else e.model_copy(update={"event_id": f"v{i}"})
