@@ -22,7 +22,7 @@ from rich.console import Console
 from projector.database import database_url, embedded_server
 
 from . import report
-from .runner import Context, ScenarioResult, Sizes, metrics_table
+from .runner import Context, ScenarioResult, Sizes, SkipScenario, metrics_table
 from .scenarios import BY_ID, SCENARIOS
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
             "drops them when it ends, also on errors and Ctrl-C.\n"
             "Output: a table on the terminal, and <date>-<host>[-quick].json (every raw sample), "
             ".md and .png in --output. Exit status 1 only when a scenario raised an error; "
-            "timings never fail the run."
+            "timings never fail the run, and a scenario whose service is missing (no NATS server "
+            "for 10) is reported as skipped."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,13 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios", metavar="LIST", help="comma-separated scenario numbers (default: all)"
     )
     parser.add_argument(
-        "--events", type=int, metavar="N", help="events per round for scenarios 1, 2, 4, 5"
+        "--events", type=int, metavar="N", help="events per round for scenarios 1, 2, 4, 5, 10"
     )
     parser.add_argument("--rounds", type=int, metavar="R", help="rounds per scenario")
     parser.add_argument(
         "--database-url",
         metavar="URL",
         help="server to benchmark on (env: PROJECTOR_DATABASE_URL; default: embedded PostgreSQL)",
+    )
+    parser.add_argument(
+        "--nats-url",
+        metavar="URL",
+        default=os.environ.get("PROJECTOR_NATS_URL") or "nats://127.0.0.1:4222",
+        help="NATS server with JetStream for scenario 10 (env: PROJECTOR_NATS_URL; default "
+        "nats://127.0.0.1:4222); the scenario is skipped when none answers",
     )
     parser.add_argument(
         "--output", type=Path, default=RESULTS_DIR, metavar="DIR", help=f"default: {RESULTS_DIR}"
@@ -116,6 +124,9 @@ async def _run_all(ctx: Context, modules: Sequence[Any]) -> list[ScenarioResult]
         start = time.perf_counter()
         try:
             await module.run(ctx, result)
+        except SkipScenario as exc:
+            result.skipped = str(exc)
+            ctx.console.print(f"[yellow]scenario {module.ID} skipped:[/yellow] {result.skipped}")
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             ctx.console.print(f"[red]scenario {module.ID} failed:[/red] {result.error}")
@@ -142,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if url is None:
             console.print("bench: starting the embedded PostgreSQL")
             url = stack.enter_context(embedded_server())
-        ctx = Context(url, sizes, console, quick=args.quick, results={})
+        ctx = Context(url, sizes, console, quick=args.quick, results={}, nats_url=args.nats_url)
         stack.callback(ctx.databases.close)
         info = machine(url)
         info["database"] = (

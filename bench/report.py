@@ -31,6 +31,9 @@ def markdown(doc: dict[str, Any]) -> str:
         if s["error"]:
             out.append(f"| {s['id']} | {s['title']} | ERROR | {s['error']} | | |")
             continue
+        if s.get("skipped"):
+            out.append(f"| {s['id']} | {s['title']} | SKIPPED | {s['skipped']} | | |")
+            continue
         for i, x in enumerate(s["metrics"]):
             ratio = "" if x["ratio"] is None else f"{x['ratio']:.2f}x"
             target = ""
@@ -48,6 +51,7 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(
             f"Parameters: {json.dumps(s['params'])}; took {s['seconds']:.1f} s."
             + (f" Error: `{s['error']}`." if s["error"] else "")
+            + (f" Skipped: {s['skipped']}." if s.get("skipped") else "")
         )
         for name, series in s["series"].items():
             if "latencies_ms" in series:
@@ -64,7 +68,8 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot(doc: dict[str, Any], path: Path) -> None:
+def plot(doc: dict[str, Any], path: Path) -> bool:
+    """Draw the plot; False (nothing written) when no scenario measured anything."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,6 +80,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         for s in doc["scenarios"]
     ]
     scenarios = [s for s in scenarios if s["series"]]
+    if not scenarios:  # every scenario skipped or failed
+        return False
     ratios = [
         (f"{s['id']}: {x['label']}", x["ratio"], x["target"])
         for s in doc["scenarios"]
@@ -110,6 +117,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def write(directory: Path, stem: str, doc: dict[str, Any]) -> list[Path]:
@@ -119,8 +127,8 @@ def write(directory: Path, stem: str, doc: dict[str, Any]) -> list[Path]:
     paths[0].write_text(json.dumps(doc, indent=1, default=str) + "\n")
     paths[1].write_text(markdown(doc) + "\n")
     try:
-        plot(doc, directory / f"{stem}.png")
-        paths.append(directory / f"{stem}.png")
+        if plot(doc, directory / f"{stem}.png"):
+            paths.append(directory / f"{stem}.png")
     except ImportError:
         doc_note = "matplotlib is not installed: no plot (pip install -e '.[bench]')"
         print(f"bench: {doc_note}")

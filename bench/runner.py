@@ -22,6 +22,10 @@ from rich.table import Table
 from .scratch import ScratchDatabases
 
 
+class SkipScenario(Exception):
+    """Raised by a scenario that cannot run here (e.g. no NATS server): reported, not an error."""
+
+
 @dataclass
 class Sample:
     """One timed run of one variant: `events` processed in `seconds`, plus anything else seen."""
@@ -188,6 +192,8 @@ class ScenarioResult:
     plans: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    #: Why the scenario did not run (a missing service); a skip never fails the run.
+    skipped: str | None = None
 
     def add_series(self, *many: Series) -> None:
         for s in many:
@@ -205,6 +211,7 @@ class ScenarioResult:
             "plans": self.plans,
             "seconds": self.seconds,
             "error": self.error,
+            "skipped": self.skipped,
         }
 
 
@@ -220,6 +227,7 @@ class Sizes:
     peer_events: int
     projection_events: int
     lag_seconds: float
+    nats_events: int
     big_events: int
     memory_events: int
     memory_delay: float
@@ -227,13 +235,27 @@ class Sizes:
     @classmethod
     def for_mode(cls, quick: bool, events: int | None, rounds: int | None) -> Sizes:
         if quick:
-            s = cls(2, 20_000, 10_000, 2_000, 200, 10_000, 4_000, 2.0, 200_000, 20_000, 0.05)
+            s = cls(
+                2, 20_000, 10_000, 2_000, 200, 10_000, 4_000, 2.0, 10_000, 200_000, 20_000, 0.05
+            )
         else:
             s = cls(
-                5, 200_000, 100_000, 20_000, 200, 100_000, 200_000, 30.0, 10_000_000, 1_000_000, 0.2
+                5,
+                200_000,
+                100_000,
+                20_000,
+                200,
+                100_000,
+                200_000,
+                30.0,
+                60_000,
+                10_000_000,
+                1_000_000,
+                0.2,
             )
         if events is not None:
             s.ingest_events = s.duplicate_events = s.peer_events = s.projection_events = events
+            s.nats_events = events
         if rounds is not None:
             s.rounds = rounds
         return s
@@ -250,8 +272,10 @@ class Context:
         *,
         quick: bool,
         results: dict[int, ScenarioResult],
+        nats_url: str = "nats://127.0.0.1:4222",
     ) -> None:
         self.server_url = server_url
+        self.nats_url = nats_url
         self.sizes = sizes
         self.console = console
         self.quick = quick
@@ -315,6 +339,9 @@ def metrics_table(results: Sequence[ScenarioResult]) -> Table:
     for r in results:
         if r.error:
             table.add_row(str(r.id), r.title, "ERROR", r.error[:60], "", "")
+            continue
+        if r.skipped:
+            table.add_row(str(r.id), r.title, "SKIPPED", r.skipped[:60], "", "")
             continue
         for i, m in enumerate(r.metrics):
             table.add_row(

@@ -36,7 +36,7 @@ from typing import Any
 
 import nats.errors
 
-__all__ = ["PullConsumer", "Pulled", "ack_info"]
+__all__ = ["PullConsumer", "Pulled", "ack_info", "hook_signature_ok", "inline_status"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def ack_info(reply: bytes) -> tuple[int, int, int]:
     raise ValueError(f"not a JetStream ack subject: {reply!r}")
 
 
-def _status(headers: bytes) -> tuple[int, str] | None:
+def inline_status(headers: bytes) -> tuple[int, str] | None:
     """The inline status of a status message (``NATS/1.0 408 Request Timeout``), else None."""
     if not headers.startswith(_STATUS_PREFIX):
         return None
@@ -77,7 +77,9 @@ def _status(headers: bytes) -> tuple[int, str] | None:
     return int(code), text.decode(errors="replace").strip()
 
 
-def _hook_signature_ok(nc: Any) -> bool:
+def hook_signature_ok(nc: Any) -> bool:
+    """True when `nc` has the ``_process_msg(sid, subject, reply, data, headers)`` hook of
+    nats-py 2.x that the fast paths take their messages from."""
     hook = getattr(nc, "_process_msg", None)
     if hook is None or not inspect.iscoroutinefunction(hook):
         return False
@@ -111,7 +113,7 @@ class PullConsumer:
     async def start(self) -> None:
         """Subscribe to the private inbox."""
         self._inbox = self._nc.new_inbox()
-        if self._fast_path and _hook_signature_ok(self._nc):
+        if self._fast_path and hook_signature_ok(self._nc):
             self._sub = await self._nc.subscribe(f"{self._inbox}.*")
             self._sid = self._sub._id
             self._original_hook = self._nc._process_msg
@@ -142,7 +144,7 @@ class PullConsumer:
             await self._original_hook(sid, subject, reply, data, headers)
             return
         if headers:
-            status = _status(headers)
+            status = inline_status(headers)
             if status is not None:
                 self._on_status(subject, status)
                 return

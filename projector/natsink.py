@@ -9,6 +9,12 @@ drops the rest. `emit` returns only after JetStream acknowledged the publish; a 
 acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
 :class:`~projector.errors.PublishRejected` when JetStream refuses) and may be emitted again safely.
 
+`emit_many` is pipelined: the ``HPUB`` lines of the whole list go out in a few buffers, each with
+the reply subject ``<inbox>.<call>-<index>`` on one wildcard subscription, and the acknowledgements
+are taken off the connection (nats-py 2.x's ``_process_msg`` hook, as in :mod:`projector.jspull`)
+and matched to their message by that token; nats-py's ``publish_async`` (a future and a task per
+message, ~3x slower) is the fallback for clients without the hook.
+
 ::
 
     async with NatsEventSink("nats://127.0.0.1:4222") as sink:
@@ -21,11 +27,15 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from types import TracebackType
 from typing import Any
 
-from .envelope import ExecutorEvent
-from .errors import ProjectorError
+import nats.errors
+import orjson
+
+from .envelope import ExecutorEvent, format_timestamp
+from .errors import NatsUnavailable, ProjectorError, PublishRejected
 from .jetstream import (
     DEFAULT_NATS_URL,
     DEFAULT_STREAM,
@@ -39,11 +49,63 @@ from .jetstream import (
     subject_for,
     translate_nats,
 )
+from .jspull import hook_signature_ok, inline_status
 from .sinks import envelope_bytes
 
 __all__ = ["NatsEventSink", "Published"]
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
+#: Bytes of HPUB lines handed to the connection at a time by the pipelined `emit_many`.
+WRITE_CHUNK = 256 * 1024
+
+
+def _envelope(event: ExecutorEvent, event_id: str) -> bytes:
+    """`envelope_bytes(event)`, built with orjson (a third of the publisher's time went to
+    pydantic's serializer); the same fields in the same order, absent optional ones left out.
+    Falls back to `envelope_bytes` for anything orjson cannot write (integers beyond 64 bits)."""
+    data: dict[str, Any] = {
+        "execution_id": event.execution_id,
+        "event_id": event_id,
+        "event_type": event.event_type,
+        "step": event.step,
+    }
+    if event.status is not None:
+        data["status"] = event.status
+    created_at = event.created_at
+    # orjson writes what format_timestamp writes (in C, without strftime) for UTC times with
+    # microseconds from the year 1000 on; anything else takes format_timestamp.
+    if created_at.tzinfo is UTC and created_at.microsecond and created_at.year >= 1000:
+        data["created_at"] = created_at
+    else:
+        data["created_at"] = format_timestamp(created_at)
+    data["context"] = event.context
+    if event.worker_id is not None:
+        data["worker_id"] = event.worker_id
+    if event.meta is not None:
+        data["meta"] = event.meta
+    try:
+        return orjson.dumps(data, option=orjson.OPT_UTC_Z)
+    except (TypeError, orjson.JSONEncodeError):
+        return envelope_bytes(event)
+
+
+class _Batch:
+    """One pipelined `emit_many` call waiting for its acknowledgements (filled by the hook)."""
+
+    __slots__ = ("acks", "done", "error", "remaining")
+
+    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
+        self.acks: list[Any] = [None] * n
+        self.remaining = n
+        self.done = done
+        self.error: ProjectorError | None = None
+
+    def fail(self, error: ProjectorError) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.done.done():
+            self.done.set_exception(error)
 
 
 @dataclass(frozen=True)
@@ -86,6 +148,14 @@ class NatsEventSink:
         self.name = name
         self._nc: Any = None
         self._js: Any = None
+        # The pipelined publish (see `emit_many`): acks arrive on `<inbox>.<batch>-<index>`.
+        self._fast = False
+        self._inbox = b""
+        self._sid: int | None = None
+        self._original_hook: Any = None
+        self._batches: dict[int, _Batch] = {}
+        self._batch_no = 0
+        self._tokens: dict[str, str] = {}
 
     async def __aenter__(self) -> NatsEventSink:
         self._nc = await connect(self.url, name=self.name, connect_timeout=self.timeout)
@@ -95,6 +165,7 @@ class NatsEventSink:
                 await ensure_stream(self._js, self.stream, self.subject_prefix, self.limits)
             else:
                 await require_stream(self._js, self.stream)
+            await self._start_fast_path()
         except BaseException:
             await self.aclose()
             raise
@@ -108,25 +179,98 @@ class NatsEventSink:
     ) -> None:
         await self.aclose()
 
+    async def _start_fast_path(self) -> None:
+        """Subscribe to the acknowledgement inbox and take its messages straight off the parser.
+
+        Only where the client has nats-py 2.x's ``_process_msg`` hook and raw command writes;
+        otherwise `emit_many` publishes through nats-py's ``publish_async`` (slower, same result).
+        """
+        nc = self._nc
+        if not (
+            hook_signature_ok(nc)
+            and callable(getattr(nc, "_send_command", None))
+            and callable(getattr(nc, "_flush_pending", None))
+        ):
+            return
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(f"{inbox}.*")
+        self._inbox = inbox.encode() + b"."
+        self._sid = sub._id
+        self._original_hook = nc._process_msg
+        nc._process_msg = self._on_ack
+        self._fast = True
+
+    async def _on_ack(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    ) -> None:
+        """A message from the parser: a publish acknowledgement of ours, or someone else's."""
+        if sid != self._sid:
+            await self._original_hook(sid, subject, reply, data, headers)
+            return
+        number, _, index = subject[len(self._inbox) :].partition(b"-")
+        batch = self._batches.get(int(number))
+        if batch is None or batch.error is not None:
+            return  # a late answer for a call that already gave up
+        i = int(index)
+        if headers:
+            status = inline_status(headers)
+            if status is not None and status[0] == 503:
+                batch.fail(
+                    PublishRejected(
+                        "no JetStream stream listens on the subject; create one with "
+                        "`projector nats init` (is JetStream enabled, nats-server -js?)"
+                    )
+                )
+                return
+            if status is not None:
+                batch.fail(NatsUnavailable(f"NATS answered a publish with {status[0]} {status[1]}"))
+                return
+        try:
+            ack = orjson.loads(data)
+            error = ack.get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            batch.fail(ProjectorError(f"unreadable JetStream acknowledgement: {data[:200]!r}"))
+            return
+        if error is not None:
+            batch.fail(
+                PublishRejected(
+                    f"JetStream refused: {error.get('description')} (code {error.get('code')})"
+                )
+            )
+            return
+        if batch.acks[i] is None:
+            batch.acks[i] = ack
+            batch.remaining -= 1
+            if batch.remaining == 0 and not batch.done.done():
+                batch.done.set_result(None)
+
     async def aclose(self) -> None:
         """Close the connection (every emit has already been acknowledged or has raised)."""
         nc, self._nc, self._js = self._nc, None, None
+        self._fast = False
+        if nc is not None and nc.__dict__.get("_process_msg") == self._on_ack:
+            del nc._process_msg
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
 
     def subject_for(self, execution_id: str) -> str:
         """The subject this sink publishes `execution_id`'s events to."""
-        return subject_for(execution_id, self.subject_prefix)
+        subject = self._tokens.get(execution_id)
+        if subject is None:
+            if len(self._tokens) >= 4096:  # a worker's recent executions; bounded
+                self._tokens.clear()
+            subject = self._tokens[execution_id] = subject_for(execution_id, self.subject_prefix)
+        return subject
 
-    def _prepare(self, event: ExecutorEvent) -> tuple[str, str, bytes, dict[str, str]]:
-        event = event.with_event_id()
+    def _prepare(self, event: ExecutorEvent) -> tuple[str, str, bytes, str]:
+        """``(event id, subject, envelope bytes, Nats-Msg-Id)`` of one event."""
         event_id = event.resolved_event_id()
         return (
             event_id,
             self.subject_for(event.execution_id),
-            envelope_bytes(event),
-            {MSG_ID_HEADER: msg_id(event.execution_id, event_id)},
+            _envelope(event, event_id),
+            msg_id(event.execution_id, event_id),
         )
 
     def _jetstream(self) -> Any:
@@ -137,10 +281,14 @@ class NatsEventSink:
     async def emit(self, event: ExecutorEvent) -> Published:
         """Publish one envelope and wait for JetStream's acknowledgement."""
         js = self._jetstream()
-        event_id, subject, data, headers = self._prepare(event)
+        event_id, subject, data, message_id = self._prepare(event)
         try:
             ack = await js.publish(
-                subject, data, timeout=self.timeout, stream=self.stream, headers=headers
+                subject,
+                data,
+                timeout=self.timeout,
+                stream=self.stream,
+                headers={MSG_ID_HEADER: message_id},
             )
         except Exception as exc:
             raise translate_nats(exc, f"publishing event {event_id!r} to {subject}") from exc
@@ -155,14 +303,18 @@ class NatsEventSink:
         """
         js = self._jetstream()
         prepared = [self._prepare(event) for event in events]
+        if self._fast:
+            return await self._emit_pipelined(prepared)
         futures: list[asyncio.Future[Any]] = []
         try:
             # One deadline for the whole list (no per-message timer: those cost more than the
             # publish itself), generous enough for a list of any length at a slow broker.
             async with asyncio.timeout(self.timeout + len(prepared) / 1000):
-                for _event_id, subject, data, headers in prepared:
+                for _event_id, subject, data, message_id in prepared:
                     futures.append(
-                        await js.publish_async(subject, data, stream=self.stream, headers=headers)
+                        await js.publish_async(
+                            subject, data, stream=self.stream, headers={MSG_ID_HEADER: message_id}
+                        )
                     )
                 acks = await asyncio.gather(*futures)
         except Exception as exc:
@@ -174,5 +326,73 @@ class NatsEventSink:
             ) from exc
         return [
             Published(event_id, subject, ack.stream, ack.seq, bool(ack.duplicate))
-            for (event_id, subject, _data, _headers), ack in zip(prepared, acks, strict=True)
+            for (event_id, subject, _data, _msg_id), ack in zip(prepared, acks, strict=True)
         ]
+
+    async def _emit_pipelined(self, prepared: list[tuple[str, str, bytes, str]]) -> list[Published]:
+        """`emit_many` without nats-py's per-message futures: the HPUB lines of the whole list are
+        written in a few buffers, each with reply subject ``<inbox>.<call>-<index>``, and the
+        acknowledgements are matched to their message by that token in `_on_ack`."""
+        nc = self._nc
+        n = len(prepared)
+        if not n:
+            return []
+        max_payload = nc.max_payload
+        self._batch_no += 1
+        number = self._batch_no
+        loop = asyncio.get_running_loop()
+        batch = _Batch(n, loop.create_future())
+        self._batches[number] = batch
+        reply_prefix = self._inbox + b"%d-" % number
+        stream_header = f"{EXPECTED_STREAM_HEADER}: {self.stream}\r\n\r\n".encode()
+        try:
+            async with asyncio.timeout(self.timeout + n / 1000):
+                parts: list[bytes] = []
+                size = 0
+                for i, (event_id, subject, data, message_id) in enumerate(prepared):
+                    header = (
+                        b"NATS/1.0\r\n"
+                        + f"{MSG_ID_HEADER}: {message_id}\r\n".encode()
+                        + stream_header
+                    )
+                    total = len(header) + len(data)
+                    if total > max_payload:
+                        raise PublishRejected(
+                            f"event {event_id!r} is {total} bytes with headers, more than the "
+                            f"server's max_payload ({max_payload})"
+                        )
+                    part = b"HPUB %b %b%d %d %d\r\n%b%b\r\n" % (
+                        subject.encode(),
+                        reply_prefix,
+                        i,
+                        len(header),
+                        total,
+                        header,
+                        data,
+                    )
+                    parts.append(part)
+                    size += len(part)
+                    if size >= WRITE_CHUNK:
+                        await self._write(parts)
+                        parts, size = [], 0
+                if parts:
+                    await self._write(parts)
+                await batch.done
+        except Exception as exc:
+            doing = f"publishing {n} events ({n - batch.remaining} acknowledged)"
+            if isinstance(exc, ProjectorError):
+                raise type(exc)(f"{doing}: {exc}") from exc
+            raise translate_nats(exc, doing) from exc
+        finally:
+            self._batches.pop(number, None)
+        return [
+            Published(event_id, subject, ack["stream"], int(ack["seq"]), bool(ack.get("duplicate")))
+            for (event_id, subject, _data, _msg_id), ack in zip(prepared, batch.acks, strict=True)
+        ]
+
+    async def _write(self, parts: list[bytes]) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise nats.errors.ConnectionClosedError
+        await nc._send_command(b"".join(parts))
+        await nc._flush_pending()

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta, timezone
 from typing import Any
 
+import nats
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from projector import NatsEventSink
-from projector.errors import ConfigurationError, NatsUnavailable, StreamMissing
+from projector.envelope import ExecutorEvent
+from projector.errors import ConfigurationError, NatsUnavailable, PublishRejected, StreamMissing
 from projector.jetstream import (
     MAX_TOKEN_LENGTH,
     StreamLimits,
+    ensure_stream,
     msg_id,
     subject_for,
     subject_token,
 )
+from projector.natsink import _envelope
 from projector.sinks import envelope_bytes
 from tests.natsutil import Names, _free_port, make_events
 
@@ -127,3 +133,118 @@ async def test_unreachable_server_raises_nats_unavailable() -> None:
     with pytest.raises(NatsUnavailable, match="could not connect"):
         async with NatsEventSink(f"nats://127.0.0.1:{_free_port()}", timeout=1):
             pass
+
+
+# -- the pipelined emit_many (HPUB lines, one ack inbox, acks matched by reply token) -----------
+
+
+def _varied_events() -> list[ExecutorEvent]:
+    base = make_events(1, execution_id="varied")[0]
+    varied = [
+        base.model_copy(update={"event_id": None, "status": None}),
+        base.model_copy(update={"worker_id": "w-1", "meta": {"k": [1, 2.5, None]}}),
+        base.model_copy(
+            update={"execution_id": "exec é.1", "context": {"t": "ü\u2028", "f": 1e300}}
+        ),
+        base.model_copy(update={"context": {"big": 2**70}}),  # beyond orjson: the fallback
+        base.model_copy(update={"context": [0.1, -0.0, 1e-7, True, "x"]}),
+        base.model_copy(update={"created_at": base.created_at.replace(microsecond=0)}),
+        base.model_copy(update={"created_at": base.created_at.replace(microsecond=7)}),
+        base.model_copy(update={"created_at": base.created_at.replace(year=999)}),
+        base.model_copy(
+            update={"created_at": base.created_at.astimezone(timezone(timedelta(hours=2)))}
+        ),
+    ]
+    return [base] + [
+        e if e.event_id is None else e.model_copy(update={"event_id": f"v{i}"})
+        for i, e in enumerate(varied)
+    ]
+
+
+def test_envelope_bytes_of_the_sink_match_envelope_bytes() -> None:
+    for event in _varied_events():
+        assert _envelope(event, event.resolved_event_id()) == envelope_bytes(event)
+
+
+async def test_pipelined_emit_many_matches_every_ack_to_its_event(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    events = [e for x in range(7) for e in make_events(300, execution_id=f"x{x}")]
+    events += _varied_events()
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        assert sink._fast  # nats-py 2.x: the fast path is taken
+        published = await sink.emit_many(events)
+        again = await sink.emit_many(events[::100])
+    assert len(published) == len(events)
+    assert sorted(p.seq for p in published) == list(range(1, len(events) + 1))
+    pairs = list(zip(events, published, strict=True))
+    for event, p in [*pairs[::37], pairs[-3]]:
+        stored = await js.get_msg(names.stream, p.seq)
+        assert stored.data == envelope_bytes(event)
+        assert stored.subject == p.subject == subject_for(event.execution_id, names.prefix)
+        assert stored.headers["Nats-Msg-Id"] == msg_id(event.execution_id, p.event_id)
+    assert all(p.duplicate for p in again)
+    assert [p.seq for p in again] == [p.seq for p in published[::100]]
+
+
+async def test_fallback_without_the_parser_hook_publishes_the_same(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    events = make_events(50)
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        sink._fast = False  # as with a client without nats-py 2.x's _process_msg hook
+        published = await sink.emit_many(events)
+    assert [p.seq for p in published] == list(range(1, 51))
+    assert (await js.get_msg(names.stream, 50)).data == envelope_bytes(events[-1])
+
+
+async def test_subject_without_a_stream_is_rejected(nats_url: str, names: Names) -> None:
+    async with NatsEventSink(
+        nats_url, stream=names.stream, subject_prefix=f"nostream{uuid.uuid4().hex[:8]}.ev"
+    ) as sink:
+        with pytest.raises(PublishRejected, match="no JetStream stream"):
+            await sink.emit_many(make_events(3))
+        with pytest.raises(PublishRejected, match="no JetStream stream"):
+            await sink.emit(make_events(1)[0])
+
+
+async def test_subject_of_another_stream_is_rejected(nats_url: str, names: Names, js: Any) -> None:
+    other = f"T_other_{uuid.uuid4().hex[:8]}"
+    await ensure_stream(js, other, f"{other}.ev")
+    try:
+        async with NatsEventSink(nats_url, stream=other, subject_prefix=names.prefix) as sink:
+            with pytest.raises(PublishRejected, match="JetStream refused"):
+                await sink.emit_many(make_events(3))
+        assert (await js.stream_info(names.stream)).state.messages == 0
+    finally:
+        await js.delete_stream(other)
+
+
+async def test_oversized_event_is_rejected_before_anything_is_sent(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    events = make_events(3)
+    async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
+        big = events[1].model_copy(update={"context": {"pad": "x" * sink._nc.max_payload}})
+        with pytest.raises(PublishRejected, match="max_payload"):
+            await sink.emit_many([events[0], big, events[2]])
+        assert (await js.stream_info(names.stream)).state.messages == 0
+        # The sink is still usable.
+        assert len(await sink.emit_many(events)) == 3
+
+
+async def test_unanswered_publishes_time_out(nats_url: str, names: Names) -> None:
+    # A plain subscriber on a subject no stream covers: the messages are delivered, nobody acks.
+    prefix = f"plain{uuid.uuid4().hex[:8]}.ev"
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.subscribe(f"{prefix}.>")
+        await nc.flush()
+        async with NatsEventSink(
+            nats_url, stream=names.stream, subject_prefix=prefix, timeout=0.5
+        ) as sink:
+            with pytest.raises(NatsUnavailable, match=r"publishing 3 events \(0 acknowledged\)"):
+                await sink.emit_many(make_events(3))
+            assert not sink._batches  # nothing left waiting
+    finally:
+        await nc.close()

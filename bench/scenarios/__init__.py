@@ -2,6 +2,7 @@
 
 Each module has `ID`, `KEY`, `TITLE` and `async run(ctx, result)`. Rebuild (8) runs before the point
 queries (7): both use the same generated history, and the queries read the state the rebuild wrote.
+The NATS scenario (10) runs last and is skipped when no NATS server answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from . import (
     ingest,
     lag,
     memory,
+    nats,
     peer,
     point_queries,
     projection,
@@ -30,5 +32,6 @@ SCENARIOS: tuple[ModuleType, ...] = (
     rebuild,
     point_queries,
     memory,
+    nats,
 )
 BY_ID: dict[int, ModuleType] = {m.ID: m for m in SCENARIOS}
