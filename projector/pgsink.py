@@ -2,18 +2,24 @@
 
 How one batch is written (one transaction, retried as a whole):
 
-1. Envelopes are validated; the ones that fail go to `noetl.event_rejected` with their position and
-   reason, and the rest of the batch is stored.
+1. Envelopes are validated and serialised (JSON once, for COPY and for the content hash); the ones
+   that fail go to `noetl.event_rejected` with their position and reason, and the rest of the
+   batch is stored.
 2. Transaction-level advisory locks are taken on the batch's execution ids (hashed into
    :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes
    them, so the check below cannot race with another sink.
-3. One indexed lookup finds which `(execution_id, event_id)` pairs are already stored, in any
-   partition, with their `content_hash` (see :func:`content_hash`). Identical content is a
-   duplicate; different content is a conflict: reported, the stored row left unchanged. Equal
-   hashes settle "identical" in the client; the rare rest (no hash: written by something else; or
-   another hash: a conflict, or the same JSON serialised in another key order) is compared in the
-   server, field by field, as jsonb.
+3. The lookup finds which `(execution_id, event_id)` pairs are already stored, in any partition,
+   with their `content_hash` (see :func:`content_hash`): one range scan per execution over the
+   batch's ids (producers' ids grow, so new events cost one index descent per execution, not one
+   per key), falling back to a probe per key where a range is too dense. The locks and the
+   lookup travel with the BEGIN in one pipelined round trip. Identical content is a duplicate;
+   different content is a conflict: reported, the stored row left unchanged. Equal hashes settle
+   "identical" in the client; the rare rest (no hash: written by something else; or another hash:
+   a conflict, or the same JSON in another key order) is compared in the server, as jsonb.
 4. Only the new rows are written, with binary `COPY`; one payload-free NOTIFY wakes projectors.
+
+`emit_many` prepares (step 1) the next window of events while the server stores the current
+window's COPY, so Python work and database work overlap.
 
 Retries: transient failures (connection lost, server restarting, serialization failures, a unique
 violation from a writer that bypassed the locks) roll back and replay the batch with exponential
@@ -339,6 +345,36 @@ class _Outcomes:
     copying: asyncio.Event | None = None
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What a transaction sends before its COPY, worked out from its events alone (so that
+    `emit_many` can do it while the previous window's COPY is being stored)."""
+
+    first: dict[tuple[str, str], _Pending]  # each key's first occurrence: the one written
+    buckets: list[int]  # advisory-lock buckets, sorted
+    ranges: tuple[str, tuple[Any, ...]] | None  # the range lookup: query and parameters
+
+
+def _plan(pending: Sequence[_Pending]) -> _Plan:
+    first: dict[tuple[str, str], _Pending] = {}
+    for p in pending:
+        first.setdefault((p.row[0], p.row[1]), p)
+    buckets = sorted({_bucket(e) for e in {k[0] for k in first}})
+    return _Plan(first, buckets, _ranges_query(list(first)) if first else None)
+
+
+def _ranges_query(keys: list[tuple[str, str]]) -> tuple[str, tuple[Any, ...]]:
+    """The range lookup of `keys` (distinct), with bounds from the client when it can tell them."""
+    bounds = _decimal_bounds(keys)
+    if bounds is None:
+        unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
+        return _RANGES.format(unnest=unnest), params
+    unnest, params = _columns_param(
+        [list(bounds), [b[0] for b in bounds.values()], [b[1] for b in bounds.values()]]
+    )
+    return _RANGES_GIVEN.format(unnest=unnest), (*params, [b[2] for b in bounds.values()])
+
+
 @dataclass
 class _Reject:
     index: int
@@ -646,7 +682,7 @@ class PostgresEventSink:
 
     async def _prepare_yielding(
         self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
-    ) -> tuple[list[_Pending], list[_Reject]]:
+    ) -> tuple[list[_Pending], list[_Reject], _Plan | None]:
         """`_prepare` in slices, letting the event loop run between them: a transaction being
         written meanwhile gets its next statement sent as soon as the server answers."""
         pending: list[_Pending] = []
@@ -655,7 +691,8 @@ class PostgresEventSink:
             if start:
                 await asyncio.sleep(0)
             self._prepare(items, source, pending, rejects, start, start + PREPARE_SLICE)
-        return pending, rejects
+        plan = _plan(pending) if self.lanes == 1 and len(pending) <= self.batch_size else None
+        return pending, rejects, plan
 
     def _prepare(
         self,
@@ -700,11 +737,12 @@ class PostgresEventSink:
         count: int,
         pending: list[_Pending],
         rejects: list[_Reject],
+        plan: _Plan | None = None,
         copying: asyncio.Event | None = None,
     ) -> BatchResult:
         """Write `count` prepared items; the result has one outcome per item."""
         state = _Outcomes([None] * count, copying=copying)
-        await self._write_split(pending, rejects, state)
+        await self._write_split(pending, rejects, state, plan=plan)
         outcomes = state.outcomes
         result = BatchResult(
             inserted=outcomes.count("inserted"),
@@ -729,11 +767,16 @@ class PostgresEventSink:
         rejects: list[_Reject],
         state: _Outcomes,
         lanes: int | None = None,
+        plan: _Plan | None = None,
     ) -> None:
         """Write `pending` in `lanes` concurrent sequences of transactions, split by lock bucket:
         lanes never wait for each other's advisory locks, so their transactions really run side by
-        side (one fills its COPY while another is looked up or commits)."""
+        side (one fills its COPY while another is looked up or commits). `plan` is `pending`'s,
+        used when it is written in one transaction."""
         count = self.lanes if lanes is None else lanes
+        if count == 1 and plan is not None and 0 < len(pending) <= self.batch_size:
+            await self._commit(pending, rejects, state, plan)
+            return
         if count == 1:
             await self._write_lane(pending, rejects, state)
             return
@@ -760,7 +803,11 @@ class PostgresEventSink:
             rejects = []
 
     async def _commit(
-        self, pending: list[_Pending], rejects: list[_Reject], state: _Outcomes
+        self,
+        pending: list[_Pending],
+        rejects: list[_Reject],
+        state: _Outcomes,
+        plan: _Plan | None = None,
     ) -> None:
         """Write one batch in one transaction, retrying transient failures; fill in `state`."""
         for r in rejects:
@@ -773,7 +820,7 @@ class PostgresEventSink:
         delay = 0.05
         while True:
             try:
-                await self._transaction(pending, rejects, state, earlier_txids)
+                await self._transaction(pending, rejects, state, earlier_txids, plan)
                 return
             except _DataProblem as problem:
                 # One value the database refuses (should validation miss one) must not sink the
@@ -784,7 +831,7 @@ class PostgresEventSink:
                     rejects = [*rejects, _Reject(bad.index, raw, "sink", None, problem.reason)]
                     state.outcomes[bad.index] = "rejected"
                     state.reasons[bad.index] = problem.reason
-                    pending = []
+                    pending, plan = [], None
                     continue
                 half = len(pending) // 2
                 await self._commit(pending[:half], [], state)
@@ -808,12 +855,11 @@ class PostgresEventSink:
         rejects: list[_Reject],
         state: _Outcomes,
         earlier_txids: set[str],
+        plan: _Plan | None = None,
     ) -> None:
-        # Within the batch, the first occurrence of a key is the one written.
-        first: dict[tuple[str, str], _Pending] = {}
-        for p in pending:
-            first.setdefault((p.row[0], p.row[1]), p)
-        buckets = sorted({_bucket(e) for e in {k[0] for k in first}})
+        if plan is None:
+            plan = _plan(pending)
+        first, buckets = plan.first, plan.buckets
         stored: dict[tuple[str, str], Any] = {}
         changed: set[int] = set()
         # The pool's connection block commits at its end (rolls back on an error): the implicit
@@ -824,9 +870,9 @@ class PostgresEventSink:
                 cur = conn.cursor()
                 ranges = conn.cursor()
                 async with conn.pipeline():
-                    if first:
+                    if plan.ranges is not None:
                         await cur.execute(_BEGIN_NOTIFY, (LOCK_CLASS, buckets, NOTIFY_CHANNEL))
-                        await self._send_ranges(ranges, list(first))
+                        await ranges.execute(*plan.ranges, binary=True, prepare=True)
                     else:
                         await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
                 begin = await cur.fetchone()
@@ -873,22 +919,6 @@ class PostgresEventSink:
                 continue
             outcomes[p.index] = "conflict"
             conflicts.append(key)
-
-    @staticmethod
-    async def _send_ranges(cur: psycopg.AsyncCursor[Any], keys: list[tuple[str, str]]) -> None:
-        """Run the range scans of `keys` (distinct); `_read_ranges` reads them."""
-        bounds = _decimal_bounds(keys)
-        if bounds is None:
-            unnest, params = _columns_param([[k[0] for k in keys], [k[1] for k in keys]])
-            await cur.execute(_RANGES.format(unnest=unnest), params, binary=True, prepare=True)
-        else:
-            unnest, params = _columns_param(
-                [list(bounds), [b[0] for b in bounds.values()], [b[1] for b in bounds.values()]]
-            )
-            params = (*params, [b[2] for b in bounds.values()])
-            await cur.execute(
-                _RANGES_GIVEN.format(unnest=unnest), params, binary=True, prepare=True
-            )
 
     @classmethod
     async def _read_ranges(
