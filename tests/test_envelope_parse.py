@@ -1,0 +1,115 @@
+"""`ExecutorEvent.parse_json` (the canonical fast path) gives what `model_validate_json` gives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from projector import ExecutorEvent
+from projector.envelope import _parse_canonical
+from projector.sinks import envelope_bytes
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+texts = st.text(max_size=6) | st.sampled_from(["a", "step-1", "é", " ", "\x00", "NaN"])
+ids = st.one_of(texts, st.integers(min_value=-(2**63), max_value=2**64), st.none(), st.floats())
+times = st.one_of(
+    st.datetimes(timezones=st.just(UTC)),
+    st.datetimes(timezones=st.just(timezone(timedelta(hours=5, minutes=30)))),
+    st.datetimes(),
+)
+envelopes = st.fixed_dictionaries(
+    {"execution_id": ids, "event_type": texts, "created_at": times},
+    optional={
+        "event_id": ids,
+        "step": st.one_of(texts, st.none(), st.integers()),
+        "status": st.one_of(texts, st.none()),
+        "context": json_values,
+        "worker_id": st.one_of(texts, st.none()),
+        "meta": st.one_of(st.none(), st.dictionaries(st.text(max_size=4), json_values, max_size=2)),
+        "payload": json_values,
+        "extra_field": json_values,
+    },
+)
+
+
+def _spellings(d: dict[str, Any]) -> list[bytes]:
+    """The envelope as a producer might write it: canonical timestamps, offsets, \\u escapes."""
+    when: datetime = d["created_at"]
+    canonical = {
+        **d,
+        "created_at": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if when.tzinfo is UTC
+        else when.isoformat(),
+    }
+    out = [
+        json.dumps(canonical, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
+    ]
+    out.append(json.dumps(canonical, allow_nan=True).encode())  # ensure_ascii: \u escapes
+    return out
+
+
+def _outcome(parse: Any, raw: bytes) -> Any:
+    try:
+        event = parse(raw)
+    except ValidationError as exc:
+        return ("error", [(e["loc"], e["msg"]) for e in exc.errors(include_url=False)])
+    return ("ok", event.model_dump(), event.model_fields_set, event)
+
+
+@settings(max_examples=400, deadline=None)
+@given(envelopes)
+def test_parse_json_matches_model_validate_json(d: dict[str, Any]) -> None:
+    for raw in _spellings(d):
+        fast = _outcome(ExecutorEvent.parse_json, raw)
+        slow = _outcome(ExecutorEvent.model_validate_json, raw)
+        assert fast[:3] == slow[:3], raw
+        if fast[0] == "ok":
+            assert fast[3] == slow[3]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ExecutorEvent(
+            execution_id="7380012345678901234",
+            event_id="7380012345678901299",
+            event_type="command.completed",
+            step="fetch",
+            status="COMPLETED",
+            created_at=datetime(2026, 11, 29, 8, 0, 1, 5, tzinfo=UTC),
+            context={"rows": 12, "big": 2**80, "ratio": 0.5, "name": "é"},
+            worker_id="w1",
+            meta={"k": [1, None]},
+        ),
+        ExecutorEvent(
+            execution_id="e", event_type="t", created_at=datetime(2026, 1, 1, tzinfo=UTC)
+        ),
+    ],
+)
+def test_what_the_sinks_write_takes_the_fast_path(event: ExecutorEvent) -> None:
+    for raw in (
+        envelope_bytes(event),
+        event.model_dump_json().encode(),
+        json.dumps(event.model_dump(mode="json"), ensure_ascii=False).encode(),
+    ):
+        fast = _parse_canonical(ExecutorEvent, raw)
+        assert fast is not None, raw
+        assert fast == ExecutorEvent.model_validate_json(raw)
+        # envelope_bytes writes the derived event id in; the content is the same.
+        assert fast.with_event_id() == event.with_event_id()
