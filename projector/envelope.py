@@ -355,11 +355,13 @@ def _parse_canonical(cls: type[ExecutorEvent], raw: bytes | str) -> ExecutorEven
         or (worker_id is not None and type(worker_id) is not str)
         or (meta is not None and type(meta) is not dict)
         or type(created_at) is not str
-        or len(created_at) != 27
-        or created_at[10] != "T"
-        or created_at[19] != "."
-        or created_at[26] != "Z"
+        or _CANONICAL_TIMESTAMP.fullmatch(created_at) is None
     ):
+        return None
+    context = d.get("context", {})
+    # What `_storable` checks: numbers out of float range parse as infinities (JSON has no NaN),
+    # integers beyond 64 bits need the exact path; either makes `_plain_json` say "look closer".
+    if not _plain_json(context) or (meta is not None and not _plain_json(meta)):
         return None
     try:
         when = datetime.fromisoformat(created_at)
@@ -374,7 +376,7 @@ def _parse_canonical(cls: type[ExecutorEvent], raw: bytes | str) -> ExecutorEven
         "step": "" if step is None else step,
         "status": status,
         "created_at": when,
-        "context": d.get("context", {}),
+        "context": context,
         "worker_id": worker_id,
         "meta": meta,
     }
@@ -389,3 +391,8 @@ def _parse_canonical(cls: type[ExecutorEvent], raw: bytes | str) -> ExecutorEven
 
 _set = object.__setattr__
 _SLOW_PATH_BYTES = re.compile(rb"\\u|NaN|Infinity")
+# Exactly `format_timestamp`'s form: anything else (other precisions, offsets, ISO week dates that
+# `datetime.fromisoformat` would take) is left to pydantic.
+_CANONICAL_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+)

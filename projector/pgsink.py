@@ -397,8 +397,10 @@ def content_hash(event: ExecutorEvent) -> bytes:
 
     BLAKE2b-128 of: the JSON array `[event_type, step, status, created_at, worker_id]` (created_at
     in RFC 3339, UTC), a newline, `context` as JSON, a newline, and `meta` as JSON (or `-` when
-    there is none), all serialised by orjson as the sink writes them. Equal hashes mean identical
-    content; different hashes mean "compare in full" (the same JSON may be spelled differently).
+    there is none), all serialised by orjson as the sink writes them (content orjson cannot
+    write, such as integers beyond 64 bits, is hashed from the json module's text and the
+    array's Python repr instead). Equal hashes mean identical content; different hashes mean
+    "compare in full" (the same JSON may be spelled differently).
     """
     digest: bytes = _row(event, event.resolved_event_id())[9]
     return digest
@@ -463,7 +465,8 @@ def _bucket(execution_id: str) -> int:
 
 
 def _same_content(a: _Pending, b: _Pending) -> bool:
-    """Whether two events of one batch hold the same envelope apart from their key."""
+    """Whether two events of one batch hold the same envelope apart from their key, by the rules
+    the server's comparison applies to stored rows (jsonb equality)."""
     if a.row[9] == b.row[9]:
         return True
     x, y = a.event, b.event
@@ -472,10 +475,26 @@ def _same_content(a: _Pending, b: _Pending) -> bool:
         and x.step == y.step
         and x.status == y.status
         and x.created_at == y.created_at
-        and x.context == y.context
         and x.worker_id == y.worker_id
-        and x.meta == y.meta
+        and _jsonb_equal(x.context, y.context)
+        and _jsonb_equal(x.meta, y.meta)
     )
+
+
+def _jsonb_equal(a: Any, b: Any) -> bool:
+    """JSON equality as jsonb has it: numbers by value (1 = 1.0), but `true` is not `1`, and
+    object keys in any order."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_jsonb_equal(v, b[k]) for k, v in a.items())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_jsonb_equal(v, w) for v, w in zip(a, b, strict=True))
+    return False
 
 
 class PostgresEventSink:
@@ -628,13 +647,15 @@ class PostgresEventSink:
         result = BatchResult()
         writing: asyncio.Task[BatchResult] | None = None
         copying = asyncio.Event()
+        offset = 0
         try:
             for chunk in self._windows(items):
                 if writing is not None:
                     # Prepare while the server stores a COPY: not earlier, when the Python work
                     # would only delay the statements before it.
                     await _first_of(copying.wait(), writing)
-                prepared = await self._prepare_yielding(chunk, source)
+                prepared = await self._prepare_yielding(chunk, source, offset)
+                offset += len(chunk)
                 if writing is not None:
                     result.extend(await writing)
                 copying = asyncio.Event()
@@ -644,11 +665,20 @@ class PostgresEventSink:
             if writing is not None:
                 result.extend(await writing)
                 writing = None
-        finally:
-            if writing is not None:  # an error or a cancellation: don't leave the write behind
+        except asyncio.CancelledError:
+            if writing is not None:  # the caller gave up: so does the write in flight
                 writing.cancel()
                 with contextlib.suppress(BaseException):
                     await writing
+            raise
+        except BaseException:
+            # The caller's iterable failed (or the sink did): the window being written still
+            # completes, so what the caller handed over before the failure is stored, not
+            # cut off at an unknown point.
+            if writing is not None:
+                with contextlib.suppress(BaseException):
+                    await writing
+            raise
         return result
 
     def _windows(
@@ -681,7 +711,10 @@ class PostgresEventSink:
     # -- batches ---------------------------------------------------------------------------------
 
     async def _prepare_yielding(
-        self, items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]], source: str
+        self,
+        items: Sequence[ExecutorEvent | RawEnvelope | Mapping[str, Any]],
+        source: str,
+        offset: int = 0,
     ) -> tuple[list[_Pending], list[_Reject], _Plan | None]:
         """`_prepare` in slices, letting the event loop run between them: a transaction being
         written meanwhile gets its next statement sent as soon as the server answers."""
@@ -690,7 +723,7 @@ class PostgresEventSink:
         for start in range(0, len(items), PREPARE_SLICE):
             if start:
                 await asyncio.sleep(0)
-            self._prepare(items, source, pending, rejects, start, start + PREPARE_SLICE)
+            self._prepare(items, source, pending, rejects, start, start + PREPARE_SLICE, offset)
         plan = _plan(pending) if self.lanes == 1 and len(pending) <= self.batch_size else None
         return pending, rejects, plan
 
@@ -702,35 +735,48 @@ class PostgresEventSink:
         rejects: list[_Reject],
         start: int = 0,
         stop: int | None = None,
+        offset: int = 0,
     ) -> None:
-        """Validate and serialise `items[start:stop]` into `pending`; the invalid into `rejects`."""
+        """Validate and serialise `items[start:stop]` into `pending`; the invalid into `rejects`.
+
+        `offset` is where `items` starts in the caller's items (the position kept for a rejected
+        mapping)."""
         for i in range(start, len(items) if stop is None else min(stop, len(items))):
             item = items[i]
-            if item.__class__ is ExecutorEvent:
-                event = item
-                pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
-                continue
             try:
+                if item.__class__ is ExecutorEvent:
+                    event = item
+                    pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
+                    continue
                 if isinstance(item, ExecutorEvent):
                     event = item
                 elif isinstance(item, RawEnvelope):
                     event = ExecutorEvent.parse_json(item.raw)
                 else:
                     event = ExecutorEvent.model_validate(item)
+                pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
             except ValidationError as exc:
-                rejects.append(self._reject_of(i, item, source, describe_validation_error(exc)))
-                continue
-            pending.append(_Pending(i, event, _row(event, event.resolved_event_id())))
+                reason = describe_validation_error(exc)
+                rejects.append(self._reject_of(i, item, source, reason, offset))
+            except (TypeError, ValueError) as exc:  # an envelope built without validation
+                reason = f"not storable: {exc}"
+                rejects.append(self._reject_of(i, item, source, reason, offset))
 
     @staticmethod
-    def _reject_of(i: int, item: object, source: str, reason: str) -> _Reject:
+    def _reject_of(i: int, item: object, source: str, reason: str, offset: int = 0) -> _Reject:
         if isinstance(item, RawEnvelope):
             return _Reject(i, item.raw, item.source, item.position, reason)
+        if isinstance(item, ExecutorEvent):
+            try:
+                raw = item.model_dump_json()
+            except (TypeError, ValueError):
+                raw = repr(item)
+            return _Reject(i, raw, source, offset + i, reason)
         try:
             raw = json.dumps(item, ensure_ascii=False, default=repr)
         except (TypeError, ValueError):
             raw = repr(item)
-        return _Reject(i, raw, source, i, reason)
+        return _Reject(i, raw, source, offset + i, reason)
 
     async def _write_items(
         self,
@@ -877,6 +923,7 @@ class PostgresEventSink:
                         await cur.execute(_BEGIN, (LOCK_CLASS, buckets))
                 begin = await cur.fetchone()
                 assert begin is not None
+                retried = bool(earlier_txids)
                 earlier_txids.add(str(begin[0]))
                 fresh: Iterable[_Pending] = ()
                 if first:
@@ -893,7 +940,7 @@ class PostgresEventSink:
                             await copy.write_row(p.row)
                         if state.copying is not None:
                             state.copying.set()
-                if rejects:
+                if rejects and not (retried and await self._committed(cur, earlier_txids)):
                     await cur.executemany(
                         _REJECT,
                         [(*_raw_columns(r.raw), r.source, r.line, r.reason) for r in rejects],
@@ -979,6 +1026,18 @@ class PostgresEventSink:
             await cur.execute(_lookup_sql(unnest, windowed=False), params, binary=True)
             stored.update({(r[0], r[1]): r for r in await cur.fetchall()})
         return stored
+
+    @staticmethod
+    async def _committed(cur: psycopg.AsyncCursor[Any], txids: set[str]) -> bool:
+        """Whether one of `txids` (earlier attempts at this batch) committed after all: its COMMIT
+        went through although the connection died, so its rejected items are stored already."""
+        await cur.execute(
+            "SELECT coalesce(bool_or(pg_xact_status(x::xid8) = 'committed'), false)"
+            " FROM unnest(%s::text[]) AS x",
+            (sorted(txids),),
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     @staticmethod
     async def _changed(

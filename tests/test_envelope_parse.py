@@ -93,9 +93,9 @@ def test_parse_json_matches_model_validate_json(d: dict[str, Any]) -> None:
             step="fetch",
             status="COMPLETED",
             created_at=datetime(2026, 11, 29, 8, 0, 1, 5, tzinfo=UTC),
-            context={"rows": 12, "big": 2**80, "ratio": 0.5, "name": "é"},
+            context={"rows": 12, "ratio": 0.5, "name": "é", "list": [1, "x"]},
             worker_id="w1",
-            meta={"k": [1, None]},
+            meta={"k": [1, 2]},
         ),
         ExecutorEvent(
             execution_id="e", event_type="t", created_at=datetime(2026, 1, 1, tzinfo=UTC)
@@ -113,3 +113,28 @@ def test_what_the_sinks_write_takes_the_fast_path(event: ExecutorEvent) -> None:
         assert fast == ExecutorEvent.model_validate_json(raw)
         # envelope_bytes writes the derived event id in; the content is the same.
         assert fast.with_event_id() == event.with_event_id()
+
+
+HEAD = '{"execution_id":"e1","event_id":"1","event_type":"t","step":"s",'
+WHEN = '"created_at":"2026-11-29T08:00:00.000000Z"'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        HEAD + WHEN + ',"context":{"a":1e400}}',  # parses as infinity: JSON cannot hold it
+        HEAD + WHEN + ',"context":{"a":-1e999}}',
+        HEAD + WHEN + ',"context":{"a":1e400,"b":123456789012345678901234567890}}',
+        HEAD + WHEN + ',"context":{"b":123456789012345678901234567890}}',  # exact, accepted
+        HEAD + WHEN + ',"context":{"a":null},"meta":{"m":1e400}}',
+        HEAD + '"created_at":"2024-W01-1T00:00:00.000000Z","context":{}}',  # ISO week date
+        HEAD + '"created_at":"2026-11-29T08:00:00.000000+00:00","context":{}}',
+        HEAD + '"created_at":"2026-11-29T08:00:00Z","context":{}}',
+        HEAD + WHEN + ',"context":{"a":"\\u0000"}}',
+    ],
+)
+def test_parse_json_declines_what_it_cannot_check(raw: str) -> None:
+    assert (
+        _outcome(ExecutorEvent.parse_json, raw.encode())[:3]
+        == _outcome(ExecutorEvent.model_validate_json, raw.encode())[:3]
+    )

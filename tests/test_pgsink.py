@@ -363,3 +363,75 @@ def test_decimal_bounds_only_for_ids_every_collation_orders_alike() -> None:
     assert _decimal_bounds([("a", "42"), ("a", "7")]) is None  # lengths differ: "42" < "7"
     assert _decimal_bounds([("a", "42"), ("a", "4x")]) is None
     assert _decimal_bounds([("a", "\u0661\u0662")]) is None  # Arabic-Indic digits
+
+
+async def test_a_lost_commit_counts_once_and_keeps_rejects_once(
+    database_url: str, aconn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT goes through but the connection dies before the answer: the retry recognises
+    its own rows (inserted, not duplicates) and does not store the rejected line again."""
+    lose = [1]
+    real_commit = psycopg.AsyncConnection.commit
+
+    async def commit(self: psycopg.AsyncConnection[Any]) -> None:
+        await real_commit(self)
+        if lose[0]:
+            lose[0] -= 1
+            raise psycopg.OperationalError("connection lost after COMMIT")
+
+    stored = event(event_id="100")
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit(stored)
+        monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+        items = [event(event_id="1"), event(event_id="1"), stored, RawEnvelope("not json", "t", 9)]
+        result = await sink.emit_many(items)
+    assert lose == [0]  # the COMMIT was lost once
+    assert result.outcomes == ["inserted", "duplicate", "duplicate", "rejected"]
+    assert await count(aconn) == 2
+    assert await count(aconn, "SELECT count(*) FROM noetl.event_rejected") == 1
+
+
+async def test_a_failing_iterable_still_stores_the_window_being_written(
+    database_url: str, aconn: Conn
+) -> None:
+    def produce() -> Any:
+        yield from events(10, execution_prefix="it")
+        raise RuntimeError("the producer broke")
+
+    async with PostgresEventSink(database_url, batch_size=5) as sink:
+        with pytest.raises(RuntimeError, match="producer broke"):
+            await sink.emit_many(produce())
+    assert await count(aconn) == 10  # both windows handed over before the failure
+
+
+async def test_an_envelope_built_without_validation_is_rejected_if_unstorable(
+    database_url: str, aconn: Conn
+) -> None:
+    good = event(event_id="1")
+    bad = good.model_copy(update={"event_id": "2", "context": {"a": float("inf"), "b": 2**80}})
+    async with PostgresEventSink(database_url) as sink:
+        result = await sink.emit_many([bad, good])
+    assert result.outcomes == ["rejected", "inserted"]
+    assert result.rejected[0].reason.startswith("not storable")
+    assert await count(aconn) == 1
+
+
+async def test_duplicates_in_one_batch_follow_jsonb_equality(database_url: str) -> None:
+    """Within a batch as across batches: 1 and 1.0 are equal, true and 1 are not."""
+    a = event(event_id="1", context={"ok": True, "n": 1})
+    async with PostgresEventSink(database_url) as sink:
+        same_batch = await sink.emit_many(
+            [
+                a,
+                a.model_copy(update={"context": {"n": 1.0, "ok": True}}),
+                a.model_copy(update={"context": {"ok": 1, "n": 1}}),
+            ]
+        )
+        next_batch = await sink.emit_many(
+            [
+                a.model_copy(update={"context": {"n": 1.0, "ok": True}}),
+                a.model_copy(update={"context": {"ok": 1, "n": 1}}),
+            ]
+        )
+    assert same_batch.outcomes == ["inserted", "duplicate", "conflict"]
+    assert next_batch.outcomes == ["duplicate", "conflict"]
