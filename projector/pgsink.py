@@ -50,7 +50,6 @@ from typing import Any, Literal, Self
 import orjson
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg.types.json import set_json_dumps
 from psycopg.types.string import BytesBinaryDumper
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
@@ -562,9 +561,7 @@ class PostgresEventSink:
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-        # orjson writes; reading stays with the json module, which keeps integers beyond 64 bits
-        # exact (orjson would turn them into floats and report false conflicts).
-        set_json_dumps(_dumps, context=conn)
+        # Rows carry their JSON already serialised (see `_row`); no JSON is dumped here.
         # bytes through the C dumper (the default by-oid bytea dumper is a Python one).
         conn.adapters.register_dumper(bytes, BytesBinaryDumper)
 
