@@ -20,6 +20,7 @@ import psycopg
 from rich.console import Console
 
 from projector.database import database_url, embedded_server
+from projector.settings import settings
 
 from . import report
 from .runner import Context, ScenarioResult, Sizes, SkipScenario, metrics_table
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--nats-url",
         metavar="URL",
-        default=os.environ.get("PROJECTOR_NATS_URL") or "nats://127.0.0.1:4222",
+        default=settings().nats_url,
         help="NATS server with JetStream for scenario 10 (env: PROJECTOR_NATS_URL; default "
         "nats://127.0.0.1:4222); the scenario is skipped when none answers",
     )

@@ -9,7 +9,6 @@ PostgreSQL the command line uses.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from projector.database import CONNECT_KWARGS, embedded_server, sqlalchemy_url
 from projector.schema import SCHEMA, metadata
+from projector.settings import settings
 
 config = context.config
 
@@ -54,7 +54,7 @@ def main() -> None:
     url = (
         config.get_main_option("sqlalchemy.url")
         or context.get_x_argument(as_dictionary=True).get("url")
-        or os.environ.get("PROJECTOR_DATABASE_URL")
+        or settings().database_url
     )
     with contextlib.ExitStack() as stack:
         if not url:

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigurationError, DatabaseUnavailable
-from .settings import Settings
+from .settings import Settings, settings
 
 __all__ = [
     "CONNECT_KWARGS",
@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 CONNECT_KWARGS: dict[str, Any] = {"options": "-c TimeZone=UTC -c jit=off"}
 
 
-def embedded_data_dir(settings: Settings | None = None) -> Path:
+def embedded_data_dir(config: Settings | None = None) -> Path:
     """Data directory of the embedded server: PROJECTOR_EMBEDDED_DIR, else the user data dir."""
-    settings = settings or Settings()
-    if settings.embedded_dir:
-        return Path(settings.embedded_dir).expanduser()
+    configured = (config or settings()).embedded_dir
+    if configured:
+        return Path(configured).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_data_dir("noetl-projector")) / "pgdata"
@@ -70,7 +70,7 @@ def embedded_server(data_dir: Path | None = None) -> Iterator[str]:
 
 def database_url(explicit: str | None = None) -> str | None:
     """The configured URL (option, then PROJECTOR_DATABASE_URL), or None for the embedded server."""
-    url = explicit or Settings().database_url
+    url = explicit or settings().database_url
     if url is None:
         return None
     if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):

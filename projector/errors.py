@@ -5,6 +5,12 @@ Every error a user can meet derives from :class:`ProjectorError` and says what t
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
 import psycopg
 from psycopg import errors as pgerrors
 
@@ -21,6 +27,7 @@ __all__ = [
     "UnknownExecution",
     "is_transient",
     "translate",
+    "translating",
 ]
 
 
@@ -101,16 +108,34 @@ def is_transient(exc: BaseException) -> bool:
     return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The psycopg error inside a SQLAlchemy one (SQLAlchemy wraps it as `.orig`)."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and isinstance(exc.orig, BaseException):
+        return exc.orig
+    return exc
+
+
 def translate(exc: BaseException) -> ProjectorError:
-    """Map a psycopg (or pool) error to the project's error type, keeping the cause."""
+    """Map a psycopg, psycopg_pool or SQLAlchemy error to the project's error type, keeping the
+    cause. (SQLAlchemy is how the migrations connect; its errors wrap psycopg's.)"""
+    import sqlalchemy.exc
     from psycopg_pool import PoolTimeout
 
     if isinstance(exc, ProjectorError):
         return exc
-    if isinstance(
+    inner = _driver_error(exc)
+    if inner is not exc:
+        return translate(inner)
+    err: ProjectorError
+    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        # Not a driver error: a malformed URL, a missing dialect, a misused engine.
+        err = ConfigurationError(f"database error: {str(exc).strip()}")
+    elif isinstance(
         exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction
     ):
-        err: ProjectorError = SchemaMissing(
+        err = SchemaMissing(
             f"the noetl schema is missing or out of date ({exc.diag.message_primary}); "
             "run `projector db upgrade` (or `alembic upgrade head`)"
         )
@@ -125,3 +150,53 @@ def translate(exc: BaseException) -> ProjectorError:
         err = ProjectorError(f"database error: {str(exc).strip()}")
     err.__cause__ = exc
     return err
+
+
+def _translatable() -> tuple[type[BaseException], ...]:
+    """The exceptions `translating` turns into the project's own (others pass through)."""
+    import sqlalchemy.exc
+    from psycopg_pool import PoolTimeout
+
+    return (psycopg.Error, PoolTimeout, sqlalchemy.exc.SQLAlchemyError)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class translating:
+    """The error boundary: driver errors raised inside become :class:`ProjectorError` subclasses.
+
+    Use it where connections are checked out, as a context manager (``with translating():``,
+    also around ``await`` expressions) or as a decorator of a function or coroutine function.
+    psycopg, psycopg_pool and SQLAlchemy errors are translated by :func:`translate` (the cause is
+    kept); the project's own errors and everything else pass through unchanged.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, _translatable()) and not isinstance(exc, ProjectorError):
+            raise translate(exc) from exc
+
+    def __call__(self, fn: _F) -> _F:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self:
+                    return await fn(*args, **kwargs)
+
+            return cast(_F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return cast(_F, wrapper)

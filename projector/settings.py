@@ -1,15 +1,22 @@
-"""Settings read from the environment (prefix ``PROJECTOR_``), with documented defaults."""
+"""Every ``PROJECTOR_*`` environment variable, in one place, with its documented default.
+
+The command line reads its defaults from here (an option given on the command line wins); the
+Python API takes its settings as arguments and reads nothing from the environment except through
+:func:`settings`. ``PROJECTOR_TEST_*`` variables belong to the test suite and are not read here.
+"""
 
 from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = ["Settings", "settings"]
+
 
 class Settings(BaseSettings):
-    """Environment settings; command-line options override them."""
+    """Environment settings (prefix ``PROJECTOR_``); command-line options override them."""
 
-    model_config = SettingsConfigDict(env_prefix="PROJECTOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PROJECTOR_", extra="ignore", frozen=True)
 
     database_url: str | None = Field(
         default=None,
@@ -19,3 +26,22 @@ class Settings(BaseSettings):
         default=None,
         description="Data directory of the embedded PostgreSQL (default: the user data directory).",
     )
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds to wait for a PostgreSQL connection before giving up.",
+    )
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
+    nats_stream: str = Field(default="NOETL_EVENTS", description="JetStream stream of events.")
+    nats_subject_prefix: str = Field(
+        default="noetl.events",
+        description="Events are published to <prefix>.<execution id token>.",
+    )
+    nats_durable: str = Field(
+        default="projector", description="Durable consumer shared by every `projector consume`."
+    )
+
+
+def settings() -> Settings:
+    """The settings as the environment has them now (read afresh on every call)."""
+    return Settings()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,10 +29,19 @@ from . import (
     status_commands,
 )
 
-EXIT_OK = 0
-EXIT_DATA = 1
-EXIT_USAGE = 2
-EXIT_ENVIRONMENT = 3
+
+class ExitCode(enum.IntEnum):
+    """The exit statuses the README documents."""
+
+    OK = 0
+    #: Something was rejected or conflicting (everything valid was still stored), or the
+    #: execution id is unknown.
+    DATA = 1
+    USAGE = 2
+    #: The database (or NATS) is unreachable, refused us, or the schema is missing.
+    ENVIRONMENT = 3
+    INTERRUPTED = 130
+
 
 #: Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[ModuleType, ...] = (
@@ -110,10 +120,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             return status
     except ProjectorError as exc:
         print(f"projector: error: {exc}", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return ExitCode.ENVIRONMENT
     except KeyboardInterrupt:
         print("projector: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,7 +10,8 @@ import psycopg
 
 from .. import migrate
 from ..database import CONNECT_KWARGS
-from ..errors import translate
+from ..errors import translating
+from ..queries import query
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -39,16 +40,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parts.set_defaults(handler=partitions)
 
 
+@translating()
 async def upgrade(args: argparse.Namespace, db: str) -> int:
-    try:
-        await asyncio.to_thread(migrate.upgrade, db, args.revision)
-        rev = await asyncio.to_thread(migrate.current, db)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    await asyncio.to_thread(migrate.upgrade, db, args.revision)
+    rev = await asyncio.to_thread(migrate.current, db)
     print(f"database is at revision {rev}")
     return 0
 
 
+@translating()
 async def current(args: argparse.Namespace, db: str) -> int:
     rev = await asyncio.to_thread(migrate.current, db)
     head = migrate.head()
@@ -57,18 +57,10 @@ async def current(args: argparse.Namespace, db: str) -> int:
     return 0 if rev == head else 1
 
 
+@translating()
 async def partitions(args: argparse.Namespace, db: str) -> int:
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            db, autocommit=True, **CONNECT_KWARGS
-        ) as c:
-            cur = await c.execute(
-                "SELECT noetl.ensure_event_partitions("
-                "date_trunc('month', now() AT TIME ZONE 'UTC')::date, %s)",
-                (args.ahead + 1,),
-            )
-            row = await cur.fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True, **CONNECT_KWARGS) as c:
+        cur = await c.execute(query("admin.ensure_partitions"), (args.ahead + 1,))
+        row = await cur.fetchone()
     print(f"created {row[0] if row else 0} partition(s)")
     return 0
