@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, scalar_row
 
 from .errors import UnknownExecution, translating
 from .fold import ExecutionState, StepState, normalize_status
@@ -103,10 +103,10 @@ async def _fetch(
 
 
 async def _require_known(conn: Conn, execution_id: str) -> None:
-    cur = await conn.execute(query("readmodel.execution_exists"), (execution_id,))
-    row = await cur.fetchone()
-    if row is None or not row[0]:
-        raise UnknownExecution(execution_id)
+    async with conn.cursor(row_factory=scalar_row) as cur:
+        await cur.execute(query("readmodel.execution_exists"), (execution_id,))
+        if not await cur.fetchone():
+            raise UnknownExecution(execution_id)
 
 
 @translating()
