@@ -17,34 +17,36 @@ One chunk, one transaction
 means that instance is doing the work), takes the fence before the transaction writes anything,
 locks the checkpoint row, picks the chunk `[checkpoint, upper)` of at most `max_events` rows
 (never splitting one transaction's rows), recomputes exactly the steps and executions those rows
-touch with the same SQL as the views, upserts them and moves the checkpoint, then commits. A crash
-anywhere rolls all of it back; the next run replays the same chunk.
+touch with the same rules as the views, upserts them and moves the checkpoint, then commits. A
+crash anywhere rolls all of it back; the next run replays the same chunk.
 
 Rebuild
 -------
 :func:`rebuild` recomputes both tables from the whole log with set-based SQL in one transaction
 under the same lock. Readers of the views and tables are never blocked (MVCC); they see the old
 rows until it commits.
+
+The statements are the named queries ``projection.*`` in ``projector/sql/projection.sql``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
 
-from .channels import NOTIFY_CHANNEL
+from .backoff import Backoff
+from .channels import NOTIFY_CHANNEL, PROJECTOR_LOCK_CLASS
 from .database import CONNECT_KWARGS
-from .errors import ProjectorError, is_transient, translate
+from .errors import ProjectorError, is_transient, translating
+from .queries import query
 
 __all__ = [
     "DEFAULT_NAME",
-    "LOCK_CLASS",
     "ChunkResult",
     "Projector",
     "RebuildResult",
@@ -60,177 +62,12 @@ log = logging.getLogger(__name__)
 
 #: Name of the checkpoint row of the standard projection.
 DEFAULT_NAME: Final = "default"
-#: First key of the advisory lock `(LOCK_CLASS, hashtext(name))` that serialises projectors.
-LOCK_CLASS: Final = 0x6E6F6574  # "noet"
 #: Seconds between looks while rows wait for the fence or for another instance.
 STALL_WAIT: Final = 0.05
+#: Longest wait between retries of `Projector.run` after a transient database error.
+RETRY_CAP: Final = 30.0
 
 AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
-
-STEP_COLUMNS = (
-    "execution_id",
-    "step",
-    "status",
-    "attempts",
-    "started_at",
-    "finished_at",
-    "last_event_at",
-    "last_event_type",
-    "event_count",
-    "error",
-)
-EXECUTION_COLUMNS = (
-    "execution_id",
-    "status",
-    "started_at",
-    "finished_at",
-    "last_event_at",
-    "event_count",
-    "step_count",
-    "steps_completed",
-    "steps_failed",
-    "steps_running",
-)
-
-
-def _cols(names: tuple[str, ...], prefix: str | None = None) -> sql.Composable:
-    if prefix is None:
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
-
-
-def _upsert(table: str, names: tuple[str, ...], keys: tuple[str, ...]) -> sql.Composable:
-    return sql.SQL("ON CONFLICT ({keys}) DO UPDATE SET {sets}").format(
-        keys=_cols(keys),
-        sets=sql.SQL(", ").join(
-            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(n))
-            for n in names
-            if n not in keys
-        ),
-    )
-
-
-# The steps touched by a chunk, recomputed by noetl.step_status_of: the view's rules for one step,
-# as an index scan of that step's events. (A LATERAL join against the grouped view itself let the
-# planner aggregate the whole table once the statistics said so: seconds per chunk at 600k rows.)
-UPSERT_STEPS = sql.SQL(
-    """
-INSERT INTO noetl.step_state ({cols})
-SELECT {vcols}
-FROM unnest(%(execution_ids)s::text[], %(steps)s::text[]) AS k(execution_id, step)
-CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v
-{upsert}
-"""
-).format(
-    cols=_cols(STEP_COLUMNS),
-    vcols=_cols(STEP_COLUMNS, "v"),
-    upsert=_upsert("step_state", STEP_COLUMNS, ("execution_id", "step")),
-)
-
-# The executions touched by a chunk: the execution_status view's rules, with the step counts taken
-# from step_state (already up to date in this transaction) instead of recomputing every step.
-UPSERT_EXECUTIONS = sql.SQL(
-    """
-INSERT INTO noetl.execution_state ({cols})
-SELECT k.execution_id, coalesce(x.status, 'RUNNING'), a.started_at, x.finished_at,
-       a.last_event_at, a.event_count, s.step_count, s.steps_completed, s.steps_failed,
-       s.steps_running
-FROM unnest(%(execution_ids)s::text[]) AS k(execution_id)
-CROSS JOIN LATERAL (
-    SELECT min(e.created_at) AS started_at, max(e.created_at) AS last_event_at,
-           count(*) AS event_count
-    FROM noetl.event e WHERE e.execution_id = k.execution_id
-) a
-LEFT JOIN LATERAL (
-    SELECT noetl.normalize_status(e.status, e.event_type) AS status, e.created_at AS finished_at
-    FROM noetl.event e
-    WHERE e.execution_id = k.execution_id
-      AND noetl.is_execution_event(e.event_type)
-      AND noetl.is_terminal(noetl.normalize_status(e.status, e.event_type))
-    ORDER BY e.created_at DESC, e.event_id COLLATE "C" DESC
-    LIMIT 1
-) x ON true
-CROSS JOIN LATERAL (
-    SELECT count(*) AS step_count,
-           count(*) FILTER (WHERE ss.status = 'COMPLETED') AS steps_completed,
-           count(*) FILTER (WHERE ss.status = 'FAILED') AS steps_failed,
-           count(*) FILTER (WHERE NOT noetl.is_terminal(ss.status)) AS steps_running
-    FROM noetl.step_state ss WHERE ss.execution_id = k.execution_id
-) s
-{upsert}
-"""
-).format(
-    cols=_cols(EXECUTION_COLUMNS),
-    upsert=_upsert("execution_state", EXECUTION_COLUMNS, ("execution_id",)),
-)
-
-REBUILD_STEPS = sql.SQL(
-    "INSERT INTO noetl.step_state ({cols}) SELECT {cols} FROM noetl.step_status"
-).format(cols=_cols(STEP_COLUMNS))
-
-# Set-based twin of UPSERT_EXECUTIONS over the whole log (the execution_status view's query with
-# step counts from the freshly rebuilt step_state).
-REBUILD_EXECUTIONS = sql.SQL(
-    """
-INSERT INTO noetl.execution_state ({cols})
-SELECT a.execution_id, coalesce(x.status, 'RUNNING'), a.started_at, x.finished_at,
-       a.last_event_at, a.event_count, coalesce(s.step_count, 0), coalesce(s.steps_completed, 0),
-       coalesce(s.steps_failed, 0), coalesce(s.steps_running, 0)
-FROM (
-    SELECT execution_id, min(created_at) AS started_at, max(created_at) AS last_event_at,
-           count(*) AS event_count
-    FROM noetl.event GROUP BY execution_id
-) a
-LEFT JOIN (
-    SELECT DISTINCT ON (execution_id) execution_id,
-           noetl.normalize_status(status, event_type) AS status, created_at AS finished_at
-    FROM noetl.event
-    WHERE noetl.is_execution_event(event_type)
-      AND noetl.is_terminal(noetl.normalize_status(status, event_type))
-    ORDER BY execution_id, created_at DESC, event_id COLLATE "C" DESC
-) x ON x.execution_id = a.execution_id
-LEFT JOIN (
-    SELECT execution_id, count(*) AS step_count,
-           count(*) FILTER (WHERE status = 'COMPLETED') AS steps_completed,
-           count(*) FILTER (WHERE status = 'FAILED') AS steps_failed,
-           count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running
-    FROM noetl.step_state GROUP BY execution_id
-) s ON s.execution_id = a.execution_id
-"""
-).format(cols=_cols(EXECUTION_COLUMNS))
-
-TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
-LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-FENCE = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
-ENSURE_CHECKPOINT = (
-    "INSERT INTO noetl.projector_checkpoint (name, position) VALUES (%s, '0') "
-    "ON CONFLICT (name) DO NOTHING"
-)
-READ_CHECKPOINT = "SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s FOR UPDATE"
-WRITE_CHECKPOINT = (
-    "UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WHERE name = %s"
-)
-# The first unread txid below the fence, and the txid at offset `max_events` of the unread rows.
-CHUNK_BOUNDS = """
-SELECT (SELECT min(txid) FROM noetl.event
-        WHERE txid >= %(start)s::xid8 AND txid < %(fence)s::xid8)::text,
-       (SELECT txid FROM noetl.event WHERE txid >= %(start)s::xid8 AND txid < %(fence)s::xid8
-        ORDER BY txid OFFSET %(n)s LIMIT 1)::text
-"""
-PLAN_BY_INDEX = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off"
-PLAN_FREELY = "SET LOCAL enable_sort = on; SET LOCAL enable_bitmapscan = on"
-NEXT_TXID = "SELECT min(txid)::text FROM noetl.event WHERE txid > %s::xid8 AND txid < %s::xid8"
-# Rows at or above the new checkpoint: committed ones wait for the fence to pass them.
-PENDING = "SELECT EXISTS (SELECT 1 FROM noetl.event WHERE txid >= %s::xid8)"
-HORIZON = "SELECT pg_snapshot_xmax(pg_current_snapshot())::text"
-TOUCHED = """
-SELECT execution_id,
-       CASE WHEN step <> '' AND NOT noetl.is_execution_event(event_type) THEN step END AS step,
-       count(*)
-FROM noetl.event
-WHERE txid >= %s::xid8 AND txid < %s::xid8
-GROUP BY 1, 2
-"""
 
 
 @dataclass(frozen=True)
@@ -254,29 +91,34 @@ class RebuildResult:
     position: int
 
 
+async def _position(conn: AsyncConn, text: LiteralString, params: Any = None) -> int | None:
+    """The first column of a one-row query returning a position as text (None for SQL null)."""
+    cur = await conn.execute(text, params)
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]) if row[0] is not None else None
+
+
 async def _fence_and_checkpoint(conn: AsyncConn, name: str) -> tuple[int, int]:
     # The fence first: after the checkpoint INSERT this transaction has an id of its own.
-    cur = await conn.execute(FENCE)
-    row = await cur.fetchone()
-    assert row is not None
-    fence = int(row[0])
-    await conn.execute(ENSURE_CHECKPOINT, (name,))
-    cur = await conn.execute(READ_CHECKPOINT, (name,))
-    row = await cur.fetchone()
-    assert row is not None
-    return fence, int(row[0])
+    fence = await _position(conn, query("projection.fence"))
+    await conn.execute(query("projection.ensure_checkpoint"), (name,))
+    start = await _position(conn, query("projection.read_checkpoint"), (name,))
+    assert fence is not None and start is not None
+    return fence, start
 
 
 async def _chunk_upper(conn: AsyncConn, start: int, fence: int, max_events: int) -> int:
     # Walk the txid indexes in order (a merge of index-only scans, stopping after max_events
     # rows). Left alone, the planner sorts every unread row instead once there are many of them,
     # which made each chunk of a long catch-up cost as much as all the rest.
-    await conn.execute(PLAN_BY_INDEX)
+    await conn.execute(query("projection.plan_by_index"))
     cur = await conn.execute(
-        CHUNK_BOUNDS, {"start": str(start), "fence": str(fence), "n": max_events}
+        query("projection.chunk_bounds"),
+        {"start": str(start), "fence": str(fence), "n": max_events},
     )
     row = await cur.fetchone()
-    await conn.execute(PLAN_FREELY)
+    await conn.execute(query("projection.plan_freely"))
     assert row is not None
     if row[0] is None or row[1] is None:
         return fence  # nothing, or fewer than max_events rows, below the fence
@@ -284,28 +126,25 @@ async def _chunk_upper(conn: AsyncConn, start: int, fence: int, max_events: int)
     if nth > first:
         return nth
     # One transaction wrote more than max_events rows: take all of it, never part of it.
-    cur = await conn.execute(NEXT_TXID, (str(first), str(fence)))
-    nxt = await cur.fetchone()
-    return int(nxt[0]) if nxt is not None and nxt[0] is not None else fence
+    nxt = await _position(conn, query("projection.next_txid"), (str(first), str(fence)))
+    return nxt if nxt is not None else fence
 
 
 async def _pending(conn: AsyncConn, position: int) -> bool:
-    cur = await conn.execute(PENDING, (str(position),))
+    cur = await conn.execute(query("projection.pending"), (str(position),))
     row = await cur.fetchone()
     return bool(row and row[0])
 
 
+@translating()
 async def horizon(conn: AsyncConn) -> int:
     """A position every transaction committed before this call lies below."""
-    try:
-        cur = await conn.execute(HORIZON)
-        row = await cur.fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
-    assert row is not None
-    return int(row[0])
+    position = await _position(conn, query("projection.horizon"))
+    assert position is not None
+    return position
 
 
+@translating()
 async def project_chunk(
     conn: AsyncConn, *, name: str = DEFAULT_NAME, max_events: int = 10_000
 ) -> ChunkResult | None:
@@ -317,36 +156,35 @@ async def project_chunk(
     """
     if max_events < 1:
         raise ValueError("max_events must be at least 1")
-    try:
-        async with conn.transaction():
-            cur = await conn.execute(TRY_LOCK, (LOCK_CLASS, name))
-            row = await cur.fetchone()
-            if row is None or not row[0]:
-                return None
-            fence, start = await _fence_and_checkpoint(conn, name)
-            if start >= fence:
-                return ChunkResult(0, 0, 0, start, await _pending(conn, start))
-            upper = await _chunk_upper(conn, start, fence, max_events)
-            cur = await conn.execute(TOUCHED, (str(start), str(upper)))
-            touched = await cur.fetchall()
-            events = sum(int(r[2]) for r in touched)
-            step_keys = [(r[0], r[1]) for r in touched if r[1] is not None]
-            execution_ids = sorted({r[0] for r in touched})
-            if step_keys:
-                await conn.execute(
-                    UPSERT_STEPS,
-                    {
-                        "execution_ids": [k[0] for k in step_keys],
-                        "steps": [k[1] for k in step_keys],
-                    },
-                )
-            if execution_ids:
-                await conn.execute(UPSERT_EXECUTIONS, {"execution_ids": execution_ids})
-            await conn.execute(WRITE_CHECKPOINT, (str(upper), name))
-            pending = await _pending(conn, upper)
-            return ChunkResult(events, len(step_keys), len(execution_ids), upper, pending)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    async with conn.transaction():
+        cur = await conn.execute(query("projection.try_lock"), (PROJECTOR_LOCK_CLASS, name))
+        row = await cur.fetchone()
+        if row is None or not row[0]:
+            return None
+        fence, start = await _fence_and_checkpoint(conn, name)
+        if start >= fence:
+            return ChunkResult(0, 0, 0, start, await _pending(conn, start))
+        upper = await _chunk_upper(conn, start, fence, max_events)
+        cur = await conn.execute(query("projection.touched"), (str(start), str(upper)))
+        touched = await cur.fetchall()
+        events = sum(int(r[2]) for r in touched)
+        step_keys = [(r[0], r[1]) for r in touched if r[1] is not None]
+        execution_ids = sorted({r[0] for r in touched})
+        if step_keys:
+            await conn.execute(
+                query("projection.upsert_steps"),
+                {
+                    "execution_ids": [k[0] for k in step_keys],
+                    "steps": [k[1] for k in step_keys],
+                },
+            )
+        if execution_ids:
+            await conn.execute(
+                query("projection.upsert_executions"), {"execution_ids": execution_ids}
+            )
+        await conn.execute(query("projection.write_checkpoint"), (str(upper), name))
+        pending = await _pending(conn, upper)
+        return ChunkResult(events, len(step_keys), len(execution_ids), upper, pending)
 
 
 async def catch_up(
@@ -377,46 +215,38 @@ async def catch_up(
             await asyncio.sleep(lock_wait)
 
 
+@translating()
 async def checkpoint(conn: AsyncConn, name: str = DEFAULT_NAME) -> int | None:
     """The checkpoint position of projection `name` (None before its first run)."""
-    try:
-        cur = await conn.execute(
-            "SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s", (name,)
-        )
-        row = await cur.fetchone()
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    cur = await conn.execute(query("projection.checkpoint"), (name,))
+    row = await cur.fetchone()
     return int(row[0]) if row is not None else None
 
 
+@translating()
 async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult:
     """Recompute both state tables from the whole log, set-based, in one transaction.
 
     Waits for a running projector's current transaction (same lock), then replaces the rows;
     readers keep seeing the old rows until the commit.
     """
-    try:
-        async with conn.transaction():
-            await conn.execute(LOCK, (LOCK_CLASS, name))
-            fence, _ = await _fence_and_checkpoint(conn, name)
-            await conn.execute("DELETE FROM noetl.step_state")
-            await conn.execute("DELETE FROM noetl.execution_state")
-            cur = await conn.execute(REBUILD_STEPS)
-            steps = cur.rowcount
-            cur = await conn.execute(REBUILD_EXECUTIONS)
-            executions = cur.rowcount
-            await conn.execute(WRITE_CHECKPOINT, (str(fence), name))
-            return RebuildResult(steps, executions, fence)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    async with conn.transaction():
+        await conn.execute(query("projection.lock"), (PROJECTOR_LOCK_CLASS, name))
+        fence, _ = await _fence_and_checkpoint(conn, name)
+        await conn.execute(query("projection.clear_steps"))
+        await conn.execute(query("projection.clear_executions"))
+        cur = await conn.execute(query("projection.rebuild_steps"))
+        steps = cur.rowcount
+        cur = await conn.execute(query("projection.rebuild_executions"))
+        executions = cur.rowcount
+        await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
+        return RebuildResult(steps, executions, fence)
 
 
+@translating()
 async def connect(url: str) -> AsyncConn:
     """An autocommit connection in UTC, as the projector uses."""
-    try:
-        return await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_KWARGS)
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_KWARGS)
 
 
 class Projector:
@@ -430,6 +260,8 @@ class Projector:
         max_events: int = 10_000,
         poll_interval: float = 1.0,
     ) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be more than 0 seconds")
         self.url = url
         self.name = name
         self.max_events = max_events
@@ -451,26 +283,33 @@ class Projector:
         """Project until `stop` is set; the transaction in progress always finishes first.
 
         Wakes on a NOTIFY on :data:`~projector.channels.NOTIFY_CHANNEL`, or after
-        `poll_interval` seconds without one. Transient database errors are retried with backoff.
+        `poll_interval` seconds without one. Transient database errors are retried with a
+        :class:`~projector.backoff.Backoff` from `poll_interval` (at most :data:`RETRY_CAP`)
+        doubling up to :data:`RETRY_CAP` seconds, waking early when `stop` is set; it starts
+        from the beginning again once the projector has connected.
         """
-        backoff = self.poll_interval
+        backoff = Backoff(min(self.poll_interval, RETRY_CAP), cap=RETRY_CAP)
         while not stop.is_set():
             try:
-                await self._serve(stop)
+                await self._serve(stop, backoff)
                 return
             except ProjectorError as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("projector: %s; retrying in %.1f s", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+                log.warning("projector: %s; retrying in %.1f s", exc, backoff.current)
+                await backoff.wait(stop)
 
-    async def _serve(self, stop: asyncio.Event) -> None:
+    @translating()
+    async def _serve(self, stop: asyncio.Event, backoff: Backoff) -> None:
         work = await connect(self.url)
-        listen = await connect(self.url)
+        try:
+            listen = await connect(self.url)
+        except BaseException:
+            await work.close()
+            raise
         try:
             await listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+            backoff.reset()
             while not stop.is_set():
                 wait = self.poll_interval
                 while not stop.is_set():
@@ -483,11 +322,8 @@ class Projector:
                         break
                 if stop.is_set():
                     break
-                try:
-                    async for _ in listen.notifies(timeout=wait, stop_after=1):
-                        pass
-                except psycopg.Error as exc:
-                    raise translate(exc) from exc
+                async for _ in listen.notifies(timeout=wait, stop_after=1):
+                    pass
         finally:
             await work.close()
             await listen.close()

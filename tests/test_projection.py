@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from psycopg import sql
 
 from projector.channels import NOTIFY_CHANNEL
 from projector.envelope import ExecutorEvent
-from projector.errors import ProjectorError
+from projector.errors import ProjectorError, SchemaMissing
 from projector.fold import fold_all
 from projector.projection import (
     Projector,
@@ -328,3 +329,31 @@ async def test_live_projector_with_the_real_sink(aconn: Conn, database_url: str)
     steps, execs = fold_all(flat)
     assert await read_steps(aconn, "noetl.step_state") == steps
     assert await read_executions(aconn, "noetl.execution_state") == execs
+
+
+async def test_run_retries_an_unreachable_server_until_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Transient errors wait on the backoff (from the poll interval, capped at 30 s); `stop`
+    wakes the wait."""
+    stop = asyncio.Event()
+    projector = Projector("postgresql://postgres@127.0.0.1:1/none", poll_interval=3600)
+    with caplog.at_level(logging.WARNING, logger="projector.projection"):
+        task = asyncio.create_task(projector.run(stop))
+
+        async def retrying() -> bool:
+            return any("retrying in 30.0 s" in r.getMessage() for r in caplog.records)
+
+        await eventually(retrying)
+        stop.set()
+        await asyncio.wait_for(task, 30)  # returns without error once stopped
+
+
+async def test_run_raises_what_retrying_cannot_fix(empty_database_url: str) -> None:
+    with pytest.raises(SchemaMissing, match="projector db upgrade"):
+        await asyncio.wait_for(Projector(empty_database_url).run(asyncio.Event()), 30)
+
+
+def test_poll_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="poll_interval"):
+        Projector("postgresql://unused", poll_interval=0)

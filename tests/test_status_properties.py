@@ -1,4 +1,7 @@
-"""Property: Python fold == views == projected tables, on shuffled random traces with duplicates."""
+"""Property: on shuffled random traces with duplicates, the Python fold equals every SQL copy of
+the status rules: the views, the per-key functions `noetl.step_status_of` /
+`noetl.execution_status_of`, the incrementally projected tables and the rebuilt ones (the four
+copies of the execution status rule are listed at the top of projector/sql/projection.sql)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projector.envelope import ExecutorEvent
-from projector.fold import fold_all
-from projector.projection import Projector
-from tests.eventlog import insert_events, read_executions, read_steps
+from projector.fold import ExecutionState, StepState, fold_all
+from projector.projection import Projector, rebuild
+from tests.eventlog import (
+    EXECUTION_COLUMNS,
+    STEP_COLUMNS,
+    insert_events,
+    read_executions,
+    read_steps,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 0, tzinfo=UTC)
 EVENT_TYPES = [
@@ -112,6 +121,19 @@ IDS = st.lists(
 
 _run = itertools.count()
 
+Conn = psycopg.AsyncConnection[Any]
+# The per-key functions, one call per key in one statement.
+STEPS_OF = (
+    f"SELECT v.{STEP_COLUMNS.replace(', ', ', v.')} "
+    "FROM unnest(%s::text[], %s::text[]) AS k(execution_id, step) "
+    "CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v"
+)
+EXECUTIONS_OF = (
+    f"SELECT v.{EXECUTION_COLUMNS.replace(', ', ', v.')} "
+    "FROM unnest(%s::text[]) AS k(execution_id) "
+    "CROSS JOIN LATERAL noetl.execution_status_of(k.execution_id) v"
+)
+
 
 def build(
     specs: list[dict[str, Any]], ids: list[str], execution_ids: list[str]
@@ -133,9 +155,35 @@ def build(
     return out
 
 
+async def steps_of(conn: Conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], StepState]:
+    """`noetl.step_status_of` for each key (keys without a step return no row)."""
+    cur = await conn.execute(STEPS_OF, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(st.execution_id, st.step): st for st in (StepState(*r) for r in await cur.fetchall())}
+
+
+async def executions_of(conn: Conn, execution_ids: list[str]) -> dict[str, ExecutionState]:
+    """`noetl.execution_status_of` for each id (unknown ids return no row)."""
+    cur = await conn.execute(EXECUTIONS_OF, (execution_ids,))
+    return {r[0]: ExecutionState(*r) for r in await cur.fetchall()}
+
+
+async def check_rebuild(conn: Conn, execution_ids: list[str]) -> None:
+    """Remove this trace's rows from the state tables, then rebuild them from the whole log."""
+    for table in ("step_state", "execution_state"):
+        await conn.execute(
+            f"DELETE FROM noetl.{table} WHERE execution_id = ANY(%s)",
+            (execution_ids,),
+        )
+    await rebuild(conn)
+
+
 async def check(url: str, events: list[ExecutorEvent], batches: list[list[ExecutorEvent]]) -> None:
     execution_ids = sorted({ev.execution_id for ev in events})
     steps, executions = fold_all(events)
+    # Every (execution, step) the trace names, also those that form no step (empty step names,
+    # execution-level events), and an execution id with no events.
+    keys = sorted({(ev.execution_id, ev.step) for ev in events})
+    unknown = execution_ids[0] + "-none"
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     try:
         seen: set[tuple[str, str]] = set()
@@ -151,6 +199,11 @@ async def check(url: str, events: list[ExecutorEvent], batches: list[list[Execut
         assert await read_steps(conn, "noetl.step_status", execution_ids) == steps
         assert await read_steps(conn, "noetl.step_state", execution_ids) == steps
         assert await read_executions(conn, "noetl.execution_status", execution_ids) == executions
+        assert await read_executions(conn, "noetl.execution_state", execution_ids) == executions
+        assert await steps_of(conn, [*keys, (unknown, "a")]) == steps
+        assert await executions_of(conn, [*execution_ids, unknown]) == executions
+        await check_rebuild(conn, execution_ids)
+        assert await read_steps(conn, "noetl.step_state", execution_ids) == steps
         assert await read_executions(conn, "noetl.execution_state", execution_ids) == executions
     finally:
         await conn.close()

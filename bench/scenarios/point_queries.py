@@ -27,8 +27,10 @@ NEWEST_VIEW = "SELECT * FROM noetl.execution_status ORDER BY started_at DESC LIM
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
-    from projector.cli.status_commands import EXECUTIONS
     from projector.projection import connect, rebuild
+    from projector.queries import query
+
+    executions_query = query("readmodel.executions")
 
     url, executions, _ = await big_history(ctx)
     if not ctx.cache.get("big_rebuilt"):
@@ -52,7 +54,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     queries: dict[str, tuple[str, Callable[[], Any], int]] = {
         "step_status, one execution": (STEP_STATUS, one_execution, samples),
         "step_state, one execution": (STEP_STATE, one_execution, samples),
-        "50 newest, as `projector executions`": (EXECUTIONS, lambda: newest, samples),
+        "50 newest, as `projector executions`": (executions_query, lambda: newest, samples),
         "50 newest, execution_status view": (NEWEST_VIEW, lambda: None, view_samples),
     }
     result.params = {"executions": executions, "samples": samples, "view_samples": view_samples}

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
-import psycopg
 from rich.table import Table
 
-from .. import migrate
-from ..database import CONNECT_KWARGS
+from .. import migrate, readmodel
+from ..envelope import ExecutorEvent
 from ..ingest import ingest
 from ..pgsink import PostgresEventSink
+from ..projection import connect
 from .status_commands import output_console, print_status_tables
 
 SAMPLES = ("success", "retried", "failed")
@@ -31,40 +32,43 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=demo)
 
 
+def _sample(name: str) -> Traversable:
+    return resources.files("projector.samples") / f"{name}.ndjson"
+
+
+def _execution_ids() -> list[str]:
+    """The executions of the samples, as stored (integer ids as decimal text), sorted."""
+    ids = set()
+    for name in SAMPLES:
+        for line in _sample(name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                ids.add(ExecutorEvent.parse_json(line).execution_id)
+    return sorted(ids)
+
+
 async def demo(args: argparse.Namespace, db: str) -> int:
     console = output_console()
     await asyncio.to_thread(migrate.upgrade, db)
     console.print(f"[bold]schema[/bold] at revision {migrate.head()}")
-    execution_ids: list[str] = []
     async with PostgresEventSink(db) as sink:
         for name in SAMPLES:
-            path = resources.files("projector.samples") / f"{name}.ndjson"
-            with path.open("rb") as stream:
+            with _sample(name).open("rb") as stream:
                 report = await ingest(sink, stream, f"samples/{name}.ndjson")
             counts = ", ".join(f"{v} {k}" for k, v in report.counts().items())
             console.print(f"[bold]ingest[/bold] samples/{name}.ndjson: {counts}", soft_wrap=True)
-    async with await psycopg.AsyncConnection.connect(db, **CONNECT_KWARGS) as conn:
-        cur = await conn.execute(
-            "SELECT DISTINCT execution_id FROM noetl.event WHERE event_id LIKE 'demo-%%' "
-            "OR execution_id = '7288213371283718001' ORDER BY 1"
-        )
-        execution_ids = [str(r[0]) for r in await cur.fetchall()]
+    execution_ids = _execution_ids()
+    async with await connect(db) as conn:
         for execution_id in execution_ids:
-            cur = await conn.execute(
-                "SELECT created_at, event_type, step, status, worker_id FROM noetl.event "
-                "WHERE execution_id = %s ORDER BY created_at, event_id",
-                (execution_id,),
-            )
             table = Table(title=f"execution {execution_id}", title_justify="left")
             for column in ("created_at", "event_type", "step", "status", "worker"):
                 table.add_column(column)
-            for created_at, event_type, step, status, worker in await cur.fetchall():
+            for e in await readmodel.history(conn, execution_id):
                 table.add_row(
-                    created_at.strftime("%H:%M:%S.%f")[:-3],
-                    event_type,
-                    step,
-                    status or "",
-                    worker or "",
+                    e.created_at.strftime("%H:%M:%S.%f")[:-3],
+                    e.event_type,
+                    e.step,
+                    e.status or "",
+                    e.worker_id or "",
                 )
             console.print(table)
     console.print("[bold]step status[/bold] (from the noetl.step_status view)")

@@ -40,15 +40,19 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
 
 async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     """Recompute step_state and execution_state from the whole event log."""
-    conn = await connect(db)
-    try:
+    async with await connect(db) as conn:
         result = await rebuild(conn, name=args.name)
-    finally:
-        await conn.close()
     Console(highlight=False).print(
         f"rebuilt {result.steps} steps of {result.executions} executions", markup=False
     )
     return 0
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--once", action="store_true", help="catch up, then exit")
     p.add_argument(
         "--poll-interval",
-        type=float,
+        type=_seconds,
         default=1.0,
         help="seconds between polls when no NOTIFY arrives (default 1)",
     )

@@ -1,0 +1,52 @@
+-- Statements of the read model (projector/readmodel.py): what `projector status`, `history`,
+-- `executions` and `demo` show, read from the exact views (noetl.step_status,
+-- noetl.execution_status and their per-key functions), so they are right whether or not the
+-- projector has caught up. Column lists match the row types in readmodel.py by name.
+
+-- name: execution_status
+-- One execution's status (no row for an unknown execution).
+SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
+       steps_completed, steps_failed, steps_running
+FROM noetl.execution_status WHERE execution_id = %s
+
+-- name: step_statuses
+-- The steps of one execution, in the order they started.
+SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
+       last_event_type, event_count, error
+FROM noetl.step_status WHERE execution_id = %s ORDER BY started_at, step COLLATE "C"
+
+-- name: history
+-- The events of one execution (of one step when `step` is not null) in the order the status
+-- rules read them: created_at, terminal first, event_id.
+SELECT created_at, step, event_type, status,
+       noetl.normalize_status(status, event_type) AS normalized_status, event_id,
+       noetl.event_attempt(context, meta) AS attempt, context, worker_id, meta
+FROM noetl.event
+WHERE execution_id = %(execution_id)s AND (%(step)s::text IS NULL OR step = %(step)s)
+ORDER BY created_at, noetl.is_terminal(noetl.normalize_status(status, event_type)) DESC,
+         event_id COLLATE "C"
+
+-- name: execution_exists
+-- Whether any event of the execution is stored.
+SELECT EXISTS (SELECT 1 FROM noetl.event WHERE execution_id = %s)
+
+-- name: executions
+-- Executions newest first, of one status when `status` is not null. Exact and cheap: the newest
+-- rows of execution_state (accurate for everything projected) plus every execution with events
+-- the default projection has not read yet, all recomputed by noetl.execution_status_of.
+WITH candidates AS (
+    (SELECT execution_id FROM noetl.execution_state
+     WHERE %(status)s::text IS NULL OR status = %(status)s
+     ORDER BY started_at DESC LIMIT %(limit)s)
+    UNION
+    SELECT DISTINCT execution_id FROM noetl.event
+    WHERE txid >= coalesce(
+        (SELECT position FROM noetl.projector_checkpoint WHERE name = 'default'), '0'::xid8)
+)
+SELECT v.execution_id, v.status, v.started_at, v.finished_at, v.last_event_at, v.event_count,
+       v.step_count, v.steps_completed, v.steps_failed, v.steps_running
+FROM candidates c
+CROSS JOIN LATERAL noetl.execution_status_of(c.execution_id) v
+WHERE %(status)s::text IS NULL OR v.status = %(status)s
+ORDER BY v.started_at DESC, v.execution_id COLLATE "C" DESC
+LIMIT %(limit)s

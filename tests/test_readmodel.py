@@ -1,0 +1,169 @@
+"""projector.readmodel against the real PostgreSQL, and the README block that shows it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from projector import readmodel
+from projector.envelope import ExecutorEvent
+from projector.errors import SchemaMissing, UnknownExecution
+from projector.fold import fold_all
+from projector.projection import Projector
+from projector.readmodel import ExecutionStatus, HistoryEvent, StepStatus
+from tests.eventlog import INSERT, insert_events, rows
+from tests.test_projection import T0, trace
+
+Conn = psycopg.AsyncConnection[Any]
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def samples() -> list[ExecutorEvent]:
+    """The bundled sample executions (what `projector demo` stores)."""
+    events = []
+    for name in ("success", "retried", "failed"):
+        text = (resources.files("projector.samples") / f"{name}.ndjson").read_text("utf-8")
+        events += [ExecutorEvent.parse_json(line) for line in text.splitlines() if line.strip()]
+    return events
+
+
+def readme_section(title: str) -> tuple[str, str]:
+    """The python block of README section `title`, and the text block (its output) after it."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    output = re.search(r"```text\n(.*?)```", section, re.S)
+    assert code is not None and output is not None
+    return code.group(1), output.group(1)
+
+
+def test_readme_block_runs_as_written(database_url: str, tmp_path: Path) -> None:
+    code, expected = readme_section("Reading status from Python")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.cursor().executemany(INSERT, rows(samples()))
+    script = tmp_path / "read_status.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "PROJECTOR_DATABASE_URL": database_url}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected
+
+
+async def test_status_and_steps_are_the_fold(aconn: Conn) -> None:
+    events = trace("r-1", 3)
+    await insert_events(aconn, reversed(events))
+    steps, executions = fold_all(events)
+    status = await readmodel.execution_status(aconn, "r-1")
+    assert isinstance(status, ExecutionStatus)
+    assert dataclasses.asdict(status) == dataclasses.asdict(executions["r-1"])
+    rows = await readmodel.step_statuses(aconn, "r-1")
+    assert all(isinstance(r, StepStatus) for r in rows)
+    assert [r.step for r in rows] == ["step0", "step1", "step2"]  # the order they started
+    assert [dataclasses.asdict(r) for r in rows] == [
+        dataclasses.asdict(steps[("r-1", f"step{i}")]) for i in range(3)
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.status = "FAILED"  # type: ignore[misc]
+
+
+async def test_integer_ids_are_read_as_their_text(aconn: Conn) -> None:
+    events = [e for e in samples() if e.execution_id == "7288213371283718001"]
+    await insert_events(aconn, events)
+    status = await readmodel.execution_status(aconn, 7288213371283718001)
+    assert status.execution_id == "7288213371283718001"
+    assert [s.attempts for s in await readmodel.step_statuses(aconn, 7288213371283718001)] == [
+        1,
+        2,
+        1,
+    ]
+
+
+async def test_history_in_fold_order_with_normalised_status(aconn: Conn) -> None:
+    events = trace("h-1", 2)
+    await insert_events(aconn, reversed(events))
+    history = await readmodel.history(aconn, "h-1")
+    assert all(isinstance(e, HistoryEvent) for e in history)
+    assert [e.event_type for e in history] == [e.event_type for e in events]
+    first = history[0]
+    assert (first.status, first.normalized_status, first.attempt) == (
+        "initialized",
+        "INITIALIZED",
+        None,
+    )
+    only = await readmodel.history(aconn, "h-1", step="step1")
+    assert [e.event_type for e in only] == ["step.enter", "step.exit", "command.completed"]
+    assert await readmodel.history(aconn, "h-1", step="no-such-step") == []
+
+
+async def test_unknown_execution_raises(aconn: Conn) -> None:
+    await insert_events(aconn, trace("known", 1))
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: readmodel.execution_status(aconn, "nope"),
+        lambda: readmodel.step_statuses(aconn, "nope"),
+        lambda: readmodel.history(aconn, "nope"),
+        lambda: readmodel.history(aconn, "nope", step="step0"),
+    ]
+    for call in calls:
+        with pytest.raises(UnknownExecution, match="nope") as info:
+            await call()
+        assert info.value.execution_id == "nope"
+
+
+async def test_an_execution_without_steps_has_no_step_rows(aconn: Conn) -> None:
+    only_playbook = [trace("bare", 0)[0]]  # one playbook.initialized, no step
+    await insert_events(aconn, only_playbook)
+    assert await readmodel.step_statuses(aconn, "bare") == []
+    status = await readmodel.execution_status(aconn, "bare")
+    assert (status.status, status.step_count) == ("RUNNING", 0)
+
+
+async def test_executions_newest_first_normalised_status_and_limit(
+    aconn: Conn, database_url: str
+) -> None:
+    await insert_events(aconn, trace("old", 1, offset=0))
+    await Projector(database_url).once()
+    await insert_events(aconn, trace("new", 1, offset=500)[:-1])  # running, not projected
+    rows = await readmodel.executions(aconn)
+    assert [(r.execution_id, r.status) for r in rows] == [("new", "RUNNING"), ("old", "COMPLETED")]
+    assert [r.execution_id for r in await readmodel.executions(aconn, status="ok")] == ["old"]
+    assert [r.execution_id for r in await readmodel.executions(aconn, limit=1)] == ["new"]
+    assert await readmodel.executions(aconn, status="FAILED") == []
+    with pytest.raises(ValueError, match="limit"):
+        await readmodel.executions(aconn, limit=0)
+
+
+async def test_any_row_factory_and_jsonable(database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        await insert_events(conn, trace("j", 1))
+        status = await readmodel.execution_status(conn, "j")
+        history = await readmodel.history(conn, "j")
+        assert await readmodel.history(conn, "j", step="none") == []
+        with pytest.raises(UnknownExecution):
+            await readmodel.step_statuses(conn, "nope")
+    doc = readmodel.jsonable(status)
+    assert list(doc) == [f.name for f in dataclasses.fields(ExecutionStatus)]
+    assert datetime.fromisoformat(doc["started_at"]) == T0 and doc["finished_at"] is not None
+    assert json.loads(json.dumps(readmodel.jsonable(history[1])))["context"] == {}
+
+
+async def test_unmigrated_database_is_schema_missing(empty_database_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(empty_database_url) as conn:
+        with pytest.raises(SchemaMissing, match="projector db upgrade"):
+            await readmodel.execution_status(conn, "x")
