@@ -35,6 +35,7 @@ async def consumer(nats_url: str, names: Names, fast_path: bool) -> tuple[Any, P
     )
     puller = PullConsumer(nc, names.stream, names.durable, fast_path=fast_path)
     await puller.start()
+    assert puller._tap is not None and puller._tap.fast is fast_path
     return nc, puller
 
 
