@@ -1,4 +1,4 @@
-"""projector.natswire: the version check, taps (fast and fallback) and raw writes, on a real server."""
+"""projector.natswire: the version check, taps (fast and fallback), raw writes; a real server."""
 
 from __future__ import annotations
 
@@ -129,7 +129,10 @@ async def test_two_taps_on_one_connection_are_independent(nats_url: str, close_f
     try:
         inboxes = [nc.new_inbox(), nc.new_inbox()]
         seen: list[Seen] = [[], []]
-        taps = [await natswire.tap(nc, f"{b}.*", _recorder(s)) for b, s in zip(inboxes, seen)]
+        taps = [
+            await natswire.tap(nc, f"{b}.*", _recorder(s))
+            for b, s in zip(inboxes, seen, strict=True)
+        ]
         assert all(t.fast for t in taps)
         for n, inbox in enumerate(inboxes):
             await nc.publish(f"{inbox}.m", b"%d" % n)
