@@ -11,9 +11,8 @@ import nats.errors
 import pytest
 
 from projector import natswire
-from projector.jspull import PullConsumer
 from projector.natswire import Status
-from tests.natsutil import Names, wait_for
+from tests.natsutil import wait_for
 
 pytestmark = pytest.mark.nats
 
@@ -105,7 +104,8 @@ async def test_tap_delivers_messages_and_statuses_alike_on_both_paths(
             return len(seen) >= 3
 
         await wait_for(three, "the tapped messages", limit=10)
-        assert seen == [
+        # Two connections publish: no order between them.
+        assert sorted(seen) == [
             (f"{inbox}.a".encode(), b"r.1", b"one", None),
             (f"{inbox}.b".encode(), b"", b"two", None),
             (f"{inbox}.c".encode(), b"", b"", (503, "")),
@@ -179,39 +179,6 @@ async def test_write_raw_sends_protocol_lines_and_refuses_a_closed_connection(
         await nc.close()
     with pytest.raises(nats.errors.ConnectionClosedError):
         await natswire.write_raw(nc, [b"PING\r\n"])
-
-
-async def test_pull_consumer_falls_back_when_the_version_is_unknown(
-    nats_url: str, names: Names, js: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(natswire, "NATS_PY_VERSION", "3.0.0")
-    from nats.js import api
-
-    await js.add_consumer(
-        names.stream,
-        api.ConsumerConfig(durable_name=names.durable, ack_policy=api.AckPolicy.EXPLICIT),
-    )
-    for i in range(3):
-        await js.publish(f"{names.prefix}.x", b"m%d" % i)
-    nc = await nats.connect(nats_url)
-    puller = PullConsumer(nc, names.stream, names.durable)
-    await puller.start()
-    try:
-        assert puller._tap is not None and not puller._tap.fast
-        assert "_process_msg" not in nc.__dict__
-        msgs = await puller.fetch(10, 1.0)
-        assert [m[2] for m in msgs] == [b"m0", b"m1", b"m2"]
-        await puller.reply_all(msgs, b"+ACK")
-        await puller.flush()
-
-        async def acked() -> bool:
-            info = await js.consumer_info(names.stream, names.durable)
-            return bool(info.num_ack_pending == 0 and info.num_pending == 0)
-
-        await wait_for(acked, "the acks", limit=10)
-    finally:
-        await puller.close()
-        await nc.close()
 
 
 async def test_tap_handler_sees_messages_in_order_under_load(nats_url: str) -> None:
