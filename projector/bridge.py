@@ -10,16 +10,18 @@ stored result is exactly once:
 * not a valid envelope: stored in ``noetl.event_rejected`` (raw bytes, ``nats:<subject>`` as
   source, the stream sequence as position, the reason) in the same transaction, then ``term``;
 * PostgreSQL unavailable after the sink's own retries: no ack; the batch is ``nak``-ed with a delay
-  and the bridge backs off (up to 30 s) and goes on; while a batch is being written the bridge tells
-  JetStream it is still in progress, so slow retries don't cause early redelivery.
+  and the bridge backs off (a :class:`~projector.backoff.Backoff`: 1 s doubling to 30 s, reset by
+  the next success; the current delay is also the ``nak`` delay) and goes on; while a batch is
+  being written the bridge tells JetStream it is still in progress, so slow retries don't cause
+  early redelivery.
 
 Fetching does not use nats-py's ``fetch`` (which spends ~80 µs a message on timers and queues):
 `projector.jspull.PullConsumer` requests batches itself on a private inbox (``no_wait`` first, a
 waiting ``expires`` request only when nothing is there), takes the messages before nats-py builds
-``Msg`` objects, treats JetStream status messages (404, 408, 409, heartbeats) as the end of a
-request, and writes a batch's acks as one buffer; the next batch is fetched while the current one
-is written. A batch ends when it is full or the server says no more are there, and every message
-of it is written and then acked (or termed) exactly as described above.
+``Msg`` objects (a :func:`projector.natswire.tap`), treats JetStream status messages (404, 408, 409,
+heartbeats) as the end of a request, and writes a batch's acks as one buffer; the next batch is
+fetched while the current one is written. A batch ends when it is full or the server says no more
+are there, and every message of it is written and then acked (or termed) exactly as described above.
 
 Several bridges on the same durable consumer split the work. `stop()` (SIGINT/SIGTERM in the CLI)
 stops fetching; the batch in flight is finished and acknowledged. A bridge killed outright loses
@@ -40,6 +42,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from .backoff import Backoff
 from .errors import DatabaseUnavailable, ProjectorError
 from .jetstream import (
     DEFAULT_DURABLE,
@@ -59,6 +62,7 @@ __all__ = ["Bridge", "BridgeConfig", "BridgeStats"]
 
 log = logging.getLogger(__name__)
 
+#: The bridge's back-off while PostgreSQL is unavailable: 1 s doubling to this many seconds.
 MAX_BACKOFF = 30.0
 
 
@@ -132,7 +136,9 @@ class Bridge:
         check_prefix(self.config.subject_prefix)
         self.stats = BridgeStats()
         self._stop = asyncio.Event()
-        self._backoff = 0.0
+        # While PostgreSQL is unavailable: 1 s doubling to MAX_BACKOFF, reset by a success;
+        # each delay is also the redelivery delay asked for the batch that failed.
+        self._backoff = Backoff(1.0, factor=2.0, cap=MAX_BACKOFF)
 
     def stop(self) -> None:
         """Ask the bridge to stop fetching; the batch in flight is still finished."""
@@ -142,6 +148,12 @@ class Bridge:
     def stopping(self) -> bool:
         """True once `stop()` was called."""
         return self._stop.is_set()
+
+    def _db_failed(self) -> float:
+        """Count a PostgreSQL failure; the seconds to back off before going on."""
+        self.stats.db_failures += 1
+        delay = self._backoff.next_delay()
+        return self._backoff.cap if delay is None else delay  # no deadline: never None
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up early when a stop is requested."""
@@ -169,7 +181,20 @@ class Bridge:
         log.info("created durable consumer %s on stream %s", cfg.durable, cfg.stream)
 
     async def run(self) -> BridgeStats:
-        """Consume until `stop()` (or, with `until_empty`, until nothing is left); return stats."""
+        """Consume until `stop()` (or, with `until_empty`, until nothing is left); return stats.
+
+        Raises only the project's errors: NATS errors that end the bridge pass through
+        :func:`~projector.jetstream.translate_nats` (PostgreSQL's are the sink's to translate).
+        """
+        cfg = self.config
+        try:
+            return await self._run()
+        except ProjectorError:
+            raise
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise translate_nats(exc, f"consuming {cfg.stream}/{cfg.durable}") from exc
+
+    async def _run(self) -> BridgeStats:
         cfg = self.config
         nc = await connect(cfg.nats_url, name=f"noetl-projector-bridge:{cfg.durable}")
         try:
@@ -214,13 +239,12 @@ class Bridge:
             )
             try:
                 await sink.open()
-                self._backoff = 0.0
+                self._backoff.reset()
                 return sink
             except DatabaseUnavailable as exc:
-                self.stats.db_failures += 1
-                self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
-                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, self._backoff)
-                await self._sleep(self._backoff)
+                delay = self._db_failed()
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", exc, delay)
+                await self._sleep(delay)
         return None
 
     async def _fetch(self, puller: PullConsumer) -> list[Pulled]:
@@ -325,23 +349,22 @@ class Bridge:
         try:
             result = await sink.emit_many(items, source=f"nats:{cfg.stream}")
         except DatabaseUnavailable as exc:
-            self.stats.db_failures += 1
-            self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
+            delay = self._db_failed()
             log.warning(
                 "PostgreSQL unavailable (%s); %d messages left unacknowledged, retrying in %.0fs",
                 exc,
                 len(msgs),
-                self._backoff,
+                delay,
             )
             with contextlib.suppress(Exception):
-                await puller.reply_all(msgs, nak_payload(self._backoff))
-            await self._sleep(self._backoff)
+                await puller.reply_all(msgs, nak_payload(delay))
+            await self._sleep(delay)
             return
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
-        self._backoff = 0.0
+        self._backoff.reset()
         if result.rejected:
             outcomes = list(zip(msgs, result.outcomes, strict=True))
             await puller.reply_all([m for m, o in outcomes if o != "rejected"], ACK)

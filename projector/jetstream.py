@@ -1,5 +1,11 @@
 """What the NATS sink and the bridge share: names and defaults, subject mapping, stream set-up,
-connecting, and translating nats-py errors into the project's errors.
+connecting, and translating nats-py errors into the project's errors (:func:`translate_nats`, the
+one place that does; the fast paths on nats-py's internals are in :mod:`projector.natswire`).
+
+The ``DEFAULT_*`` names are the defaults of :class:`projector.settings.Settings` (``nats_url``,
+``nats_stream``, ``nats_subject_prefix``, ``nats_durable``), used as the Python API's defaults;
+the command line takes its defaults from :func:`projector.settings.settings`, so the
+``PROJECTOR_NATS_*`` variables apply there.
 
 Subjects
 --------
@@ -40,6 +46,7 @@ import nats.js.errors
 from nats.js import api
 
 from .errors import ConfigurationError, NatsUnavailable, ProjectorError, PublishRejected
+from .settings import Settings
 
 __all__ = [
     "DEFAULT_DURABLE",
@@ -58,10 +65,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-DEFAULT_STREAM = "NOETL_EVENTS"
-DEFAULT_SUBJECT_PREFIX = "noetl.events"
-DEFAULT_DURABLE = "projector"
+# The Python API's defaults are the documented defaults of the settings (the command line reads
+# the settings themselves, so the environment applies there; the API reads no environment).
+_FIELDS = Settings.model_fields
+DEFAULT_NATS_URL: str = _FIELDS["nats_url"].default
+DEFAULT_STREAM: str = _FIELDS["nats_stream"].default
+DEFAULT_SUBJECT_PREFIX: str = _FIELDS["nats_subject_prefix"].default
+DEFAULT_DURABLE: str = _FIELDS["nats_durable"].default
 
 #: Longest escaped execution id used verbatim in a subject; longer ones are hashed.
 MAX_TOKEN_LENGTH = 128

@@ -15,28 +15,26 @@ Every data message that arrives is kept, whichever request it answers, and hande
 is returned by the following one). A message is a plain tuple ``(subject, reply, data)`` of
 bytes; :func:`ack_info` reads the reply subject once with one split.
 
-Acknowledgements of a batch are written as one buffer of ``PUB`` lines on the same fast path
-(else one ``publish`` each); a ``flush`` round trip per batch confirms the server has them.
-
-Where nats-py's client has the ``_process_msg(sid, subject, reply, data, headers)`` hook its
-protocol parser calls (nats-py 2.x), the consumer takes its own subscription's messages there,
-before nats-py parses headers and builds a ``Msg`` and queues it for a task; with any other
-client it falls back to an ordinary subscription callback, which is slower but equivalent.
+The inbox is a :func:`projector.natswire.tap`: on a connection that supports the fast paths
+(nats-py 2.x) its messages are taken off the protocol parser before nats-py parses headers, builds
+a ``Msg`` and queues it for a task, and the acknowledgements of a batch are written as one buffer
+of ``PUB`` lines (:func:`projector.natswire.write_raw`); otherwise (or with ``fast_path=False``)
+an ordinary subscription callback and one ``publish`` per acknowledgement, slower but equivalent.
+A ``flush`` round trip per batch confirms the server has the acknowledgements.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import nats.errors
+from . import natswire
 
-__all__ = ["PullConsumer", "Pulled", "ack_info", "hook_signature_ok", "inline_status"]
+__all__ = ["PullConsumer", "Pulled", "ack_info", "nak_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,6 @@ ACK = b"+ACK"
 TERM = b"+TERM"
 PROGRESS = b"+WPI"
 NAK = b"-NAK"
-
-_STATUS_PREFIX = b"NATS/1.0 "
 
 
 def ack_info(reply: bytes) -> tuple[int, int, int]:
@@ -66,30 +62,6 @@ def ack_info(reply: bytes) -> tuple[int, int, int]:
     raise ValueError(f"not a JetStream ack subject: {reply!r}")
 
 
-def inline_status(headers: bytes) -> tuple[int, str] | None:
-    """The inline status of a status message (``NATS/1.0 408 Request Timeout``), else None."""
-    if not headers.startswith(_STATUS_PREFIX):
-        return None
-    line = headers[len(_STATUS_PREFIX) :].split(b"\r\n", 1)[0]
-    code, _, text = line.partition(b" ")
-    if not code.isdigit():
-        return None
-    return int(code), text.decode(errors="replace").strip()
-
-
-def hook_signature_ok(nc: Any) -> bool:
-    """True when `nc` has the ``_process_msg(sid, subject, reply, data, headers)`` hook of
-    nats-py 2.x that the fast paths take their messages from."""
-    hook = getattr(nc, "_process_msg", None)
-    if hook is None or not inspect.iscoroutinefunction(hook):
-        return False
-    try:
-        params = list(inspect.signature(hook).parameters)
-    except (TypeError, ValueError):
-        return False
-    return params == ["sid", "subject", "reply", "data", "headers"]
-
-
 class PullConsumer:
     """Batches from a durable pull consumer (module docstring). At most one fetch at a time."""
 
@@ -102,63 +74,33 @@ class PullConsumer:
         self._want = 0  # wake the fetch when the buffer holds this many
         self._ended: tuple[int, str] | None = None  # status that ended the request in flight
         self._wake: asyncio.Future[None] | None = None
-        self._sub: Any = None
-        self._sid: int | None = None
-        self._original_hook: Callable[..., Awaitable[None]] | None = None
+        self._tap: natswire.Tap | None = None
         self._fast_path = fast_path
-        self._raw_send = False
         #: Statuses seen (code -> count), for tests and curiosity.
         self.statuses: dict[int, int] = {}
 
     async def start(self) -> None:
-        """Subscribe to the private inbox."""
+        """Subscribe to the private inbox (tapped: see :mod:`projector.natswire`)."""
         self._inbox = self._nc.new_inbox()
-        if self._fast_path and hook_signature_ok(self._nc):
-            self._sub = await self._nc.subscribe(f"{self._inbox}.*")
-            self._sid = self._sub._id
-            self._original_hook = self._nc._process_msg
-            self._nc._process_msg = self._hook
-            self._raw_send = callable(getattr(self._nc, "_send_command", None)) and callable(
-                getattr(self._nc, "_flush_pending", None)
-            )
-        else:
-            self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._tap = await natswire.tap(
+            self._nc, f"{self._inbox}.*", self._on_message, fast=self._fast_path
+        )
 
     async def close(self) -> None:
         """Unsubscribe (messages delivered but not fetched are redelivered after ``ack_wait``)."""
-        if self._original_hook is not None and self._nc.__dict__.get("_process_msg") == self._hook:
-            del self._nc._process_msg
-        self._original_hook = None
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        tap, self._tap = self._tap, None
+        if tap is not None:
+            await tap.close()
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def _hook(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    def _on_message(
+        self, subject: bytes, reply: bytes, data: bytes, status: natswire.Status | None
     ) -> None:
-        if sid != self._sid:
-            assert self._original_hook is not None
-            await self._original_hook(sid, subject, reply, data, headers)
+        if status is not None:
+            self._on_status(subject, status)
             return
-        if headers:
-            status = inline_status(headers)
-            if status is not None:
-                self._on_status(subject, status)
-                return
         self._buffer.append((subject, reply, data))
-        if len(self._buffer) >= self._want and self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    async def _on_msg(self, msg: Any) -> None:
-        headers = msg.headers
-        code = headers.get("Status") if headers else None
-        if code is not None and code.isdigit() and not msg.reply:
-            self._on_status(msg.subject.encode(), (int(code), headers.get("Description", "")))
-            return
-        self._buffer.append((msg.subject.encode(), msg.reply.encode(), msg.data))
         if len(self._buffer) >= self._want and self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
@@ -228,14 +170,11 @@ class PullConsumer:
         reply subject; buffered, a `flush` confirms the server has them."""
         if not msgs:
             return
-        if self._raw_send:
-            if self._nc.is_closed:
-                raise nats.errors.ConnectionClosedError
+        if self._tap is not None and self._tap.fast:
             # The PUB lines nats-py's publish would write, built in one go (reply subjects come
             # from the server's MSG lines: no white space, nothing to validate).
             tail = b" %d\r\n%b\r\n" % (len(payload), payload)
-            await self._nc._send_command(b"".join([b"PUB " + msg[1] + tail for msg in msgs]))
-            await self._nc._flush_pending()
+            await natswire.write_raw(self._nc, [b"PUB " + msg[1] + tail for msg in msgs])
             return
         publish = self._nc.publish
         for msg in msgs:

@@ -11,9 +11,10 @@ acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and
 
 `emit_many` is pipelined: the ``HPUB`` lines of the whole list go out in a few buffers, each with
 the reply subject ``<inbox>.<call>-<index>`` on one wildcard subscription, and the acknowledgements
-are taken off the connection (nats-py 2.x's ``_process_msg`` hook, as in :mod:`projector.jspull`)
-and matched to their message by that token; nats-py's ``publish_async`` (a future and a task per
-message, ~3x slower) is the fallback for clients without the hook.
+are taken off the connection by a :func:`projector.natswire.tap` and matched to their message by
+that token; the lines are written with :func:`projector.natswire.write_raw`. Where the connection
+does not support those fast paths (:func:`projector.natswire.supported`), nats-py's
+``publish_async`` (a future and a task per message, ~3x slower) is the fallback.
 
 ::
 
@@ -31,9 +32,9 @@ from datetime import UTC
 from types import TracebackType
 from typing import Any
 
-import nats.errors
 import orjson
 
+from . import natswire
 from .envelope import ExecutorEvent, format_timestamp
 from .errors import NatsUnavailable, ProjectorError, PublishRejected
 from .jetstream import (
@@ -49,7 +50,6 @@ from .jetstream import (
     subject_for,
     translate_nats,
 )
-from .jspull import hook_signature_ok, inline_status
 from .sinks import envelope_bytes
 
 __all__ = ["NatsEventSink", "Published"]
@@ -91,7 +91,7 @@ def _envelope(event: ExecutorEvent, event_id: str) -> bytes:
 
 
 class _Batch:
-    """One pipelined `emit_many` call waiting for its acknowledgements (filled by the hook)."""
+    """One pipelined `emit_many` call waiting for its acknowledgements (filled by `_on_ack`)."""
 
     __slots__ = ("acks", "done", "error", "remaining")
 
@@ -148,11 +148,10 @@ class NatsEventSink:
         self.name = name
         self._nc: Any = None
         self._js: Any = None
-        # The pipelined publish (see `emit_many`): acks arrive on `<inbox>.<batch>-<index>`.
-        self._fast = False
+        # The pipelined publish (see `emit_many`): acks arrive on `<inbox>.<batch>-<index>`,
+        # tapped when the connection supports it (else None: `publish_async`).
+        self._tap: natswire.Tap | None = None
         self._inbox = b""
-        self._sid: int | None = None
-        self._original_hook: Any = None
         self._batches: dict[int, _Batch] = {}
         self._batch_no = 0
         self._tokens: dict[str, str] = {}
@@ -180,51 +179,41 @@ class NatsEventSink:
         await self.aclose()
 
     async def _start_fast_path(self) -> None:
-        """Subscribe to the acknowledgement inbox and take its messages straight off the parser.
+        """Tap the acknowledgement inbox ``<inbox>.*`` (see :mod:`projector.natswire`).
 
-        Only where the client has nats-py 2.x's ``_process_msg`` hook and raw command writes;
-        otherwise `emit_many` publishes through nats-py's ``publish_async`` (slower, same result).
+        Only where the connection supports the fast paths (nats-py 2.x); otherwise `emit_many`
+        publishes through nats-py's ``publish_async`` (slower, same result).
         """
         nc = self._nc
-        if not (
-            hook_signature_ok(nc)
-            and callable(getattr(nc, "_send_command", None))
-            and callable(getattr(nc, "_flush_pending", None))
-        ):
+        if not natswire.supported(nc):
             return
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(f"{inbox}.*")
         self._inbox = inbox.encode() + b"."
-        self._sid = sub._id
-        self._original_hook = nc._process_msg
-        nc._process_msg = self._on_ack
-        self._fast = True
+        self._tap = await natswire.tap(nc, f"{inbox}.*", self._on_ack)
 
-    async def _on_ack(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Any
+    def _on_ack(
+        self, subject: bytes, reply: bytes, data: bytes, status: natswire.Status | None
     ) -> None:
-        """A message from the parser: a publish acknowledgement of ours, or someone else's."""
-        if sid != self._sid:
-            await self._original_hook(sid, subject, reply, data, headers)
-            return
+        """One message on the acknowledgement inbox: the answer to publish ``<call>-<index>``."""
         number, _, index = subject[len(self._inbox) :].partition(b"-")
-        batch = self._batches.get(int(number))
+        try:
+            batch = self._batches.get(int(number))
+            i = int(index)
+        except ValueError:  # not an answer to one of our publishes
+            return
         if batch is None or batch.error is not None:
             return  # a late answer for a call that already gave up
-        i = int(index)
-        if headers:
-            status = inline_status(headers)
-            if status is not None and status[0] == 503:
+        if status is not None:
+            if status[0] == 503:
                 batch.fail(
                     PublishRejected(
                         "no JetStream stream listens on the subject; create one with "
                         "`projector nats init` (is JetStream enabled, nats-server -js?)"
                     )
                 )
-                return
-            if status is not None:
+            else:
                 batch.fail(NatsUnavailable(f"NATS answered a publish with {status[0]} {status[1]}"))
-                return
+            return
         try:
             ack = orjson.loads(data)
             error = ack.get("error")
@@ -247,9 +236,9 @@ class NatsEventSink:
     async def aclose(self) -> None:
         """Close the connection (every emit has already been acknowledged or has raised)."""
         nc, self._nc, self._js = self._nc, None, None
-        self._fast = False
-        if nc is not None and nc.__dict__.get("_process_msg") == self._on_ack:
-            del nc._process_msg
+        tap, self._tap = self._tap, None
+        if tap is not None:
+            await tap.close()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -303,7 +292,7 @@ class NatsEventSink:
         """
         js = self._jetstream()
         prepared = [self._prepare(event) for event in events]
-        if self._fast:
+        if self._tap is not None:
             return await self._emit_pipelined(prepared)
         futures: list[asyncio.Future[Any]] = []
         try:
@@ -373,10 +362,10 @@ class NatsEventSink:
                     parts.append(part)
                     size += len(part)
                     if size >= WRITE_CHUNK:
-                        await self._write(parts)
+                        await natswire.write_raw(nc, parts)
                         parts, size = [], 0
                 if parts:
-                    await self._write(parts)
+                    await natswire.write_raw(nc, parts)
                 await batch.done
         except Exception as exc:
             doing = f"publishing {n} events ({n - batch.remaining} acknowledged)"
@@ -389,10 +378,3 @@ class NatsEventSink:
             Published(event_id, subject, ack["stream"], int(ack["seq"]), bool(ack.get("duplicate")))
             for (event_id, subject, _data, _msg_id), ack in zip(prepared, batch.acks, strict=True)
         ]
-
-    async def _write(self, parts: list[bytes]) -> None:
-        nc = self._nc
-        if nc is None or nc.is_closed:
-            raise nats.errors.ConnectionClosedError
-        await nc._send_command(b"".join(parts))
-        await nc._flush_pending()

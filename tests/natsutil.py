@@ -102,11 +102,16 @@ class Names:
     durable: str
 
 
+def unique_names() -> Names:
+    """A stream, subject prefix and durable name no other test (or test run) uses."""
+    suffix = uuid.uuid4().hex[:12]
+    return Names(stream=f"T_{suffix}", prefix=f"t{suffix}.events", durable=f"d{suffix}")
+
+
 @pytest.fixture
 async def names(nats_url: str) -> AsyncIterator[Names]:
     """Unique names for this test; the stream is created, and deleted afterwards."""
-    suffix = uuid.uuid4().hex[:12]
-    found = Names(stream=f"T_{suffix}", prefix=f"t{suffix}.events", durable=f"d{suffix}")
+    found = unique_names()
     nc = await nats.connect(nats_url)
     try:
         await ensure_stream(nc.jetstream(), found.stream, found.prefix)

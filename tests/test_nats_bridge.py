@@ -203,3 +203,11 @@ async def test_postgres_outage_mid_stream_loses_nothing(
         assert await stored_ids(check) == sorted(e.event_id or "" for e in events)
     finally:
         await check.close()
+
+
+def test_postgres_backoff_doubles_from_one_second_to_thirty() -> None:
+    bridge = Bridge("postgresql://unused", BridgeConfig())
+    assert [bridge._db_failed() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert bridge.stats.db_failures == 7
+    bridge._backoff.reset()  # what a stored batch does
+    assert bridge._db_failed() == 1

@@ -9,6 +9,7 @@ import nats
 import pytest
 from nats.js import api
 
+from projector import natswire
 from projector.jspull import ACK, PullConsumer, ack_info
 from tests.natsutil import Names, wait_for
 
@@ -23,7 +24,17 @@ def test_ack_info_reads_both_reply_subject_formats() -> None:
         ack_info(b"_INBOX.abc")
 
 
-async def consumer(nats_url: str, names: Names, fast_path: bool) -> tuple[Any, PullConsumer]:
+#: fast: natswire's fast paths; fallback: `fast_path=False`; unknown: a nats-py version natswire
+#: does not know (the fast paths are refused and the consumer falls back by itself).
+MODES = ["fast", "fallback", "unknown nats-py"]
+
+
+async def consumer(
+    nats_url: str, names: Names, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, PullConsumer]:
+    if mode == "unknown nats-py":
+        monkeypatch.setattr(natswire, "NATS_PY_VERSION", "3.0.0")
+    fast_path = mode != "fallback"
     nc = await nats.connect(nats_url)
     await nc.jetstream().add_consumer(
         names.stream,
@@ -35,14 +46,16 @@ async def consumer(nats_url: str, names: Names, fast_path: bool) -> tuple[Any, P
     )
     puller = PullConsumer(nc, names.stream, names.durable, fast_path=fast_path)
     await puller.start()
+    assert puller._tap is not None and puller._tap.fast is (mode == "fast")
+    assert ("_process_msg" in nc.__dict__) is (mode == "fast")
     return nc, puller
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 async def test_no_messages_is_an_empty_batch_not_an_error(
-    nats_url: str, names: Names, fast_path: bool
+    nats_url: str, names: Names, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nc, puller = await consumer(nats_url, names, fast_path)
+    nc, puller = await consumer(nats_url, names, mode, monkeypatch)
     try:
         started = time.monotonic()
         assert await puller.fetch(10, 0) == []  # no_wait: answered with 404 at once
@@ -57,13 +70,13 @@ async def test_no_messages_is_an_empty_batch_not_an_error(
         await nc.close()
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 async def test_batch_larger_than_what_is_there_returns_what_is_there(
-    nats_url: str, names: Names, js: Any, fast_path: bool
+    nats_url: str, names: Names, js: Any, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(5):
         await js.publish(f"{names.prefix}.x", b"m%d" % i, headers={"Nats-Msg-Id": f"m{i}"})
-    nc, puller = await consumer(nats_url, names, fast_path)
+    nc, puller = await consumer(nats_url, names, mode, monkeypatch)
     try:
         started = time.monotonic()
         msgs = await puller.fetch(100, 5.0)

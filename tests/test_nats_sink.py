@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projector import NatsEventSink
+from projector import NatsEventSink, natswire
 from projector.envelope import ExecutorEvent
 from projector.errors import ConfigurationError, NatsUnavailable, PublishRejected, StreamMissing
 from projector.jetstream import (
@@ -172,7 +172,7 @@ async def test_pipelined_emit_many_matches_every_ack_to_its_event(
     events = [e for x in range(7) for e in make_events(300, execution_id=f"x{x}")]
     events += _varied_events()
     async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
-        assert sink._fast  # nats-py 2.x: the fast path is taken
+        assert sink._tap is not None and sink._tap.fast  # nats-py 2.x: the fast path is taken
         published = await sink.emit_many(events)
         again = await sink.emit_many(events[::100])
     assert len(published) == len(events)
@@ -187,14 +187,19 @@ async def test_pipelined_emit_many_matches_every_ack_to_its_event(
     assert [p.seq for p in again] == [p.seq for p in published[::100]]
 
 
-async def test_fallback_without_the_parser_hook_publishes_the_same(
-    nats_url: str, names: Names, js: Any
+async def test_fallback_without_the_fast_paths_publishes_the_same(
+    nats_url: str, names: Names, js: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = make_events(50)
+    # As with a nats-py whose internals projector.natswire does not know.
+    monkeypatch.setattr(natswire, "NATS_PY_VERSION", "3.0.0")
     async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as sink:
-        sink._fast = False  # as with a client without nats-py 2.x's _process_msg hook
+        assert sink._tap is None
+        assert "_process_msg" not in sink._nc.__dict__
         published = await sink.emit_many(events)
+        again = await sink.emit_many(events[:5])
     assert [p.seq for p in published] == list(range(1, 51))
+    assert [p.duplicate for p in again] == [True] * 5
     assert (await js.get_msg(names.stream, 50)).data == envelope_bytes(events[-1])
 
 

@@ -1,61 +1,54 @@
 """`projector consume` and `projector nats init`: the JetStream side of the command line.
 
 `register(subparsers)` adds the commands to the main parser; each sets
-``handler(args, db) -> int`` (an async function) and ``needs_db``.
+``handler(args, db) -> int`` (an async function) and ``needs_db``. The NATS options default to
+:func:`projector.settings.settings` (``PROJECTOR_NATS_URL``, ``PROJECTOR_NATS_STREAM``,
+``PROJECTOR_NATS_SUBJECT_PREFIX``, ``PROJECTOR_NATS_DURABLE``); errors from NATS reach the user
+through :func:`projector.jetstream.translate_nats` as the project's errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 
 from ..bridge import Bridge, BridgeConfig
 from ..errors import ConfigurationError
-from ..jetstream import (
-    DEFAULT_DURABLE,
-    DEFAULT_NATS_URL,
-    DEFAULT_STREAM,
-    DEFAULT_SUBJECT_PREFIX,
-    StreamLimits,
-    connect,
-    ensure_stream,
-)
+from ..jetstream import StreamLimits, connect, ensure_stream
+from ..settings import Settings, settings
 
 __all__ = ["register"]
 
 _DEFAULT_LIMITS = StreamLimits()
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-def _add_nats_options(parser: argparse.ArgumentParser) -> None:
+def _add_nats_options(parser: argparse.ArgumentParser, config: Settings) -> None:
     parser.add_argument(
         "--nats-url",
-        default=_env("PROJECTOR_NATS_URL", DEFAULT_NATS_URL),
-        help=f"NATS server (env PROJECTOR_NATS_URL; default {DEFAULT_NATS_URL})",
+        default=config.nats_url,
+        help="NATS server (env PROJECTOR_NATS_URL; default %(default)s)",
     )
     parser.add_argument(
         "--stream",
-        default=_env("PROJECTOR_NATS_STREAM", DEFAULT_STREAM),
-        help=f"JetStream stream (env PROJECTOR_NATS_STREAM; default {DEFAULT_STREAM})",
+        default=config.nats_stream,
+        help="JetStream stream (env PROJECTOR_NATS_STREAM; default %(default)s)",
     )
     parser.add_argument(
         "--subject-prefix",
-        default=_env("PROJECTOR_NATS_SUBJECT_PREFIX", DEFAULT_SUBJECT_PREFIX),
+        default=config.nats_subject_prefix,
         help="events are published to <prefix>.<execution id> (env "
-        f"PROJECTOR_NATS_SUBJECT_PREFIX; default {DEFAULT_SUBJECT_PREFIX})",
+        "PROJECTOR_NATS_SUBJECT_PREFIX; default %(default)s)",
     )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `consume` and `nats init` to the `projector` command line."""
+    config = settings()
     consume = subparsers.add_parser(
         "consume",
         help="store events from NATS JetStream in PostgreSQL (the bridge)",
@@ -63,12 +56,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "idempotent PostgreSQL sink; each message is acknowledged after its event is committed. "
         "Run several to share the work. SIGINT/SIGTERM: finish the batch in flight and exit 0.",
     )
-    _add_nats_options(consume)
+    _add_nats_options(consume, config)
     consume.add_argument(
         "--durable",
-        default=_env("PROJECTOR_NATS_DURABLE", DEFAULT_DURABLE),
-        help=f"durable consumer name, shared by all bridges (env PROJECTOR_NATS_DURABLE; "
-        f"default {DEFAULT_DURABLE})",
+        default=config.nats_durable,
+        help="durable consumer name, shared by all bridges (env PROJECTOR_NATS_DURABLE; "
+        "default %(default)s)",
     )
     consume.add_argument(
         "--batch", type=int, default=2000, help="messages per fetch and transaction (default 2000)"
@@ -120,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Create the stream over <subject-prefix>.> with file storage, work-queue "
         "retention and discard=new; an existing stream is left unchanged.",
     )
-    _add_nats_options(init)
+    _add_nats_options(init, config)
     init.add_argument(
         "--max-age",
         type=float,
@@ -210,7 +203,8 @@ async def nats_init_command(args: argparse.Namespace, db: str | None = None) -> 
     try:
         created = await ensure_stream(nc.jetstream(), args.stream, args.subject_prefix, limits)
     finally:
-        await nc.close()
+        with contextlib.suppress(Exception):  # the stream is there (or the error is raised)
+            await nc.close()
     subjects = f"{args.subject_prefix}.>"
     if args.json:
         print(json.dumps({"stream": args.stream, "subjects": subjects, "created": created}))

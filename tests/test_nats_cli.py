@@ -1,0 +1,110 @@
+"""`projector consume` and `projector nats init`: defaults from the settings, errors as messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import nats
+import pytest
+
+from projector.cli import ExitCode, build_parser, run
+from tests.natsutil import _free_port
+
+pytestmark = pytest.mark.nats
+
+
+def test_nats_options_default_to_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("URL", "STREAM", "SUBJECT_PREFIX", "DURABLE"):
+        monkeypatch.delenv(f"PROJECTOR_NATS_{name}", raising=False)
+    args = build_parser().parse_args(["consume"])
+    assert (args.nats_url, args.stream, args.subject_prefix, args.durable) == (
+        "nats://127.0.0.1:4222",
+        "NOETL_EVENTS",
+        "noetl.events",
+        "projector",
+    )
+    monkeypatch.setenv("PROJECTOR_NATS_URL", "nats://nats.example:4333")
+    monkeypatch.setenv("PROJECTOR_NATS_STREAM", "S_ENV")
+    monkeypatch.setenv("PROJECTOR_NATS_SUBJECT_PREFIX", "env.events")
+    monkeypatch.setenv("PROJECTOR_NATS_DURABLE", "d_env")
+    parser = build_parser()
+    args = parser.parse_args(["consume"])
+    assert (args.nats_url, args.stream, args.subject_prefix, args.durable) == (
+        "nats://nats.example:4333",
+        "S_ENV",
+        "env.events",
+        "d_env",
+    )
+    init = parser.parse_args(["nats", "init"])
+    assert (init.nats_url, init.stream, init.subject_prefix) == (
+        args.nats_url,
+        args.stream,
+        args.subject_prefix,
+    )
+    # The command line wins over the environment.
+    given = parser.parse_args(["consume", "--stream", "S_ARG", "--durable", "d_arg"])
+    assert (given.stream, given.durable) == ("S_ARG", "d_arg")
+
+
+async def _delete_stream(nats_url: str, stream: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+def test_nats_init_creates_the_stream_the_environment_names(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    stream, prefix = f"T_cli_{suffix}", f"cli{suffix}.ev"
+    monkeypatch.setenv("PROJECTOR_NATS_URL", nats_url)
+    monkeypatch.setenv("PROJECTOR_NATS_STREAM", stream)
+    monkeypatch.setenv("PROJECTOR_NATS_SUBJECT_PREFIX", prefix)
+    try:
+        assert run(["nats", "init", "--json"]) == ExitCode.OK
+        assert json.loads(capsys.readouterr().out) == {
+            "stream": stream,
+            "subjects": f"{prefix}.>",
+            "created": True,
+        }
+        assert run(["nats", "init"]) == ExitCode.OK
+        assert "already exists" in capsys.readouterr().out
+    finally:
+        asyncio.run(_delete_stream(nats_url, stream))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nats", "init"],
+        ["consume", "--until-empty"],
+    ],
+    ids=["nats init", "consume"],
+)
+def test_unreachable_nats_is_an_error_message_not_a_traceback(
+    argv: list[str], database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"nats://127.0.0.1:{_free_port()}"
+    code = run(["--database-url", database_url, *argv, "--nats-url", url])
+    err = capsys.readouterr().err
+    assert code == ExitCode.ENVIRONMENT
+    assert f"could not connect to NATS at {url}" in err
+    assert "Traceback" not in err
+
+
+def test_consume_without_a_stream_says_how_to_create_it(
+    nats_url: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = f"T_none_{uuid.uuid4().hex[:10]}"
+    argv = ["--database-url", database_url, "consume", "--nats-url", nats_url]
+    code = run([*argv, "--stream", stream, "--until-empty"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.ENVIRONMENT
+    assert f"stream {stream!r} does not exist" in err and "projector nats init" in err
+    code = run([*argv, "--subject-prefix", "noetl.*", "--until-empty"])
+    assert code == ExitCode.ENVIRONMENT
+    assert "subject prefix 'noetl.*'" in capsys.readouterr().err
