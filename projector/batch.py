@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -491,6 +493,11 @@ def classify(
         conflicts.append(key)
 
 
+def _json_number(value: int | float) -> Decimal:
+    """The number jsonb reads from `value`'s JSON text as the sink writes it."""
+    return Decimal(value) if isinstance(value, int) else Decimal(_json_bytes(value).decode())
+
+
 def same_content(a: Pending, b: Pending) -> bool:
     """Whether two events of one batch hold the same envelope apart from their key, by the rules
     the server's comparison applies to stored rows (jsonb equality)."""
@@ -509,12 +516,20 @@ def same_content(a: Pending, b: Pending) -> bool:
 
 
 def jsonb_equal(a: Any, b: Any) -> bool:
-    """JSON equality as jsonb has it: numbers by value (1 = 1.0), but `true` is not `1`, and
-    object keys in any order."""
+    """JSON equality as jsonb has it: numbers by the value of their JSON text (1 = 1.0), but
+    `true` is not `1`, and object keys in any order."""
+    if a.__class__ is float and not math.isfinite(a):
+        a = None  # orjson writes infinities and NaN as null
+    if b.__class__ is float and not math.isfinite(b):
+        b = None
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return a is b
     if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
+        if a.__class__ is b.__class__:
+            return a == b
+        # An integer and a float: jsonb reads the float's shortest text, 2.0**60 as
+        # 1.152921504606847e18, which is not 2**60 (although Python's float is).
+        return _json_number(a) == _json_number(b)
     if isinstance(a, str) and isinstance(b, str):
         return a == b
     if isinstance(a, dict) and isinstance(b, dict):

@@ -1,13 +1,20 @@
-"""projector.batch without a database: rows, hashes, prepare, classify."""
+"""projector.batch without a database (rows, hashes, prepare, classify), and one property with it:
+the in-process jsonb equality agrees with PostgreSQL's `jsonb =`."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
+from hypothesis import HealthCheck, example, given, reject, settings
+from hypothesis import event as hypothesis_event
+from hypothesis import strategies as st
 
 from projector.batch import (
     COPY_COLUMNS,
@@ -19,6 +26,7 @@ from projector.batch import (
     RawEnvelope,
     Rejection,
     StoredRow,
+    _json_bytes,
     classify,
     compare_values,
     content_hash,
@@ -270,8 +278,90 @@ def test_same_content_ignores_the_key_and_json_spelling() -> None:
         ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True),
         ([1, 2], [2, 1], False),
         ("1", 1, False),
+        (2**60, float(2**60), False),  # jsonb compares the float's JSON text: 1.152921504606847e18
         (10**16, 1e16, True),
+        (math.inf, None, True),  # written as null
+        (math.nan, math.nan, True),
     ],
 )
 def test_jsonb_equality_examples(a: Any, b: Any, equal: bool) -> None:
     assert jsonb_equal(a, b) is equal and jsonb_equal(b, a) is equal
+
+
+# -- the property, against PostgreSQL ------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=4)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()  # infinities and NaN too: the sink writes them as null
+    | _TEXT
+)
+JSON = st.recursive(
+    _SCALARS,
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from("abcd"), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def twin(draw: st.DrawFn, value: Any) -> Any:
+    """A value jsonb may well find equal to `value`: objects with their keys in another order,
+    numbers spelled otherwise (1 and 1.0), booleans as 0 and 1 (never equal), or now and then a
+    fresh value."""
+    if draw(st.integers(0, 11)) == 0:
+        return draw(JSON)
+    if isinstance(value, bool):
+        return draw(st.sampled_from([value, int(value)]))
+    if isinstance(value, int):
+        try:
+            return draw(st.sampled_from([value, float(value)]))
+        except OverflowError:
+            return value
+    if isinstance(value, float):
+        return draw(st.sampled_from([value, int(value) if value.is_integer() else value]))
+    if isinstance(value, list):
+        return [draw(twin(v)) for v in value]
+    if isinstance(value, dict):
+        return {k: draw(twin(v)) for k, v in draw(st.permutations(list(value.items())))}
+    return value
+
+
+@pytest.fixture
+def pg(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def _as_jsonb_text(value: Any) -> str:
+    """The JSON text the sink sends for `value` (see `encode`)."""
+    return _json_bytes(value).decode("utf-8", "surrogatepass")
+
+
+@settings(
+    max_examples=int(os.environ.get("PROJECTOR_HYPOTHESIS_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(pair=JSON.flatmap(lambda a: st.tuples(st.just(a), twin(a))))
+@example(pair=(1, 1.0))
+@example(pair=(True, 1))
+@example(pair=({"a": [1, {"b": 2.5}], "c": None}, {"c": None, "a": [1.0, {"b": 2.5}]}))
+@example(pair=(2**60, float(2**60)))
+@example(pair=(-(2**70), float(-(2**70))))
+def test_jsonb_equality_agrees_with_postgresql(
+    pg: psycopg.Connection[Any], pair: tuple[Any, Any]
+) -> None:
+    a, b = pair
+    try:
+        texts = (_as_jsonb_text(a), _as_jsonb_text(b))
+    except ValueError:  # infinity beyond orjson's reach (next to a 65-bit integer): not storable
+        reject()
+    row = pg.execute("SELECT %s::jsonb = %s::jsonb", texts).fetchone()
+    assert row is not None
+    hypothesis_event("equal in PostgreSQL" if row[0] else "different in PostgreSQL")
+    assert jsonb_equal(a, b) is row[0], f"{texts[0]} vs {texts[1]}"
