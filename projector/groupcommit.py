@@ -69,10 +69,14 @@ class GroupCommit:
                     queue.task_done()
 
     async def _flush(self, queued: list[_Waiting]) -> None:
-        pending = [batch.encode(i, event) for i, (event, _) in enumerate(queued)]
+        # Validated already, but an envelope built without validation may hold what JSON cannot
+        # (it is rejected, as by emit_many, instead of killing the flusher).
+        pending: list[Pending] = []
+        rejects: list[RejectedItem] = []
+        batch.prepare([event for event, _ in queued], "emit", pending, rejects)
         state = Outcomes([None] * len(queued))
         try:
-            await self._write(pending, [], state)
+            await self._write(pending, rejects, state)
         except asyncio.CancelledError:
             for _, future in queued:
                 if not future.done():

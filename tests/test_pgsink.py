@@ -417,6 +417,26 @@ async def test_an_envelope_built_without_validation_is_rejected_if_unstorable(
     assert await count(aconn) == 1
 
 
+async def test_emit_rejects_an_unstorable_envelope_and_keeps_flushing(
+    database_url: str, aconn: Conn
+) -> None:
+    """It used to escape the flusher: the caller waited forever, and so did every later caller
+    once both flushers had died."""
+    from projector import InvalidEnvelope
+
+    good = event(event_id="1")
+    bad = good.model_copy(update={"event_id": "2", "context": {"a": float("inf"), "b": 2**80}})
+    async with PostgresEventSink(database_url, flushers=1) as sink:
+        for _ in range(2):
+            with pytest.raises(InvalidEnvelope, match="not storable"):
+                await asyncio.wait_for(sink.emit(bad), 30)
+        assert await asyncio.wait_for(sink.emit(good), 30) == "inserted"
+    assert await count(aconn) == 1
+    cur = await aconn.execute("SELECT source, reason FROM noetl.event_rejected")
+    rows = await cur.fetchall()
+    assert len(rows) == 2 and all(r[0] == "emit" and "not storable" in r[1] for r in rows)
+
+
 async def test_duplicates_in_one_batch_follow_jsonb_equality(database_url: str) -> None:
     """Within a batch as across batches: 1 and 1.0 are equal, true and 1 are not."""
     a = event(event_id="1", context={"ok": True, "n": 1})
