@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from projector import DatabaseUnavailable, EventConflict, SchemaMissing
+from projector import DatabaseUnavailable, EventConflict, SchemaMissing, pglookup
 from projector.pgsink import PostgresEventSink, RawEnvelope
 from tests.factories import event, events
 
@@ -209,16 +209,17 @@ async def test_emit_blocks_when_the_queue_is_full(database_url: str, aconn: Conn
     # beyond max_pending must wait instead of growing the queue.
     import zlib
 
-    from projector.pgsink import LOCK_BUCKETS, LOCK_CLASS
+    from projector.channels import SINK_LOCK_CLASS
+    from projector.pgsink import LOCK_BUCKETS
 
     bucket = zlib.crc32(b"exec-0") % LOCK_BUCKETS
     blocker = await psycopg.AsyncConnection.connect(database_url)
-    await blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, bucket))
+    await blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", (SINK_LOCK_CLASS, bucket))
     batch = [event("exec-0", str(i)) for i in range(50)]
     async with PostgresEventSink(database_url, max_pending=10, batch_size=5, flushers=1) as sink:
         tasks = [asyncio.create_task(sink.emit(e)) for e in batch]
         await asyncio.sleep(0.3)
-        assert sink._queue is not None and sink._queue.qsize() <= 10
+        assert sink._group is not None and sink._group.queued <= 10
         assert not any(t.done() for t in tasks)
         await blocker.rollback()  # release: everything drains
         assert set(await asyncio.gather(*tasks)) == {"inserted"}
@@ -248,7 +249,7 @@ async def test_stdout_sink_lines_read_back(database_url: str, aconn: Conn) -> No
 
 async def test_large_batches_find_conflicts_in_other_months(database_url: str, aconn: Conn) -> None:
     """Big batches probe only their own months, plus everywhere for executions stored elsewhere."""
-    from projector.pgsink import WINDOW_MIN_KEYS
+    from projector.pglookup import WINDOW_MIN_KEYS
 
     old = event("long-run", "k-1", at=-40 * 86400)  # a month or more before the batch
     batch = events(WINDOW_MIN_KEYS + 700, execution_prefix="big")
@@ -330,13 +331,13 @@ async def test_dense_id_ranges_fall_back_to_probing_each_key(
     """Ids that interleave with stored ones (random ids) make an execution's id range denser than
     the range scan reads: its keys are probed one by one, and nothing is missed."""
     probed: list[int] = []
-    probe_keys = PostgresEventSink._probe_keys
+    probe_keys = pglookup.probe_keys
 
     async def spy(cur: Any, keys: list[tuple[str, str]], times: list[Any]) -> Any:
         probed.append(len(keys))
         return await probe_keys(cur, keys, times)
 
-    monkeypatch.setattr(PostgresEventSink, "_probe_keys", staticmethod(spy))
+    monkeypatch.setattr(pglookup, "probe_keys", spy)
     stored = [
         event("dense", id_format.format(i), at=i / 1000) for i in range(8 * size) if i % 4 != 1
     ]
@@ -354,15 +355,15 @@ async def test_dense_id_ranges_fall_back_to_probing_each_key(
 
 
 def test_decimal_bounds_only_for_ids_every_collation_orders_alike() -> None:
-    from projector.pgsink import _decimal_bounds
+    from projector.pglookup import decimal_bounds
 
-    assert _decimal_bounds([("a", "0042"), ("a", "0007"), ("b", "9"), ("a", "0100")]) == {
+    assert decimal_bounds([("a", "0042"), ("a", "0007"), ("b", "9"), ("a", "0100")]) == {
         "a": ["0007", "0100", 3],
         "b": ["9", "9", 1],
     }
-    assert _decimal_bounds([("a", "42"), ("a", "7")]) is None  # lengths differ: "42" < "7"
-    assert _decimal_bounds([("a", "42"), ("a", "4x")]) is None
-    assert _decimal_bounds([("a", "\u0661\u0662")]) is None  # Arabic-Indic digits
+    assert decimal_bounds([("a", "42"), ("a", "7")]) is None  # lengths differ: "42" < "7"
+    assert decimal_bounds([("a", "42"), ("a", "4x")]) is None
+    assert decimal_bounds([("a", "\u0661\u0662")]) is None  # Arabic-Indic digits
 
 
 async def test_a_lost_commit_counts_once_and_keeps_rejects_once(
@@ -416,6 +417,26 @@ async def test_an_envelope_built_without_validation_is_rejected_if_unstorable(
     assert await count(aconn) == 1
 
 
+async def test_emit_rejects_an_unstorable_envelope_and_keeps_flushing(
+    database_url: str, aconn: Conn
+) -> None:
+    """It used to escape the flusher: the caller waited forever, and so did every later caller
+    once both flushers had died."""
+    from projector import InvalidEnvelope
+
+    good = event(event_id="1")
+    bad = good.model_copy(update={"event_id": "2", "context": {"a": float("inf"), "b": 2**80}})
+    async with PostgresEventSink(database_url, flushers=1) as sink:
+        for _ in range(2):
+            with pytest.raises(InvalidEnvelope, match="not storable"):
+                await asyncio.wait_for(sink.emit(bad), 30)
+        assert await asyncio.wait_for(sink.emit(good), 30) == "inserted"
+    assert await count(aconn) == 1
+    cur = await aconn.execute("SELECT source, reason FROM noetl.event_rejected")
+    rows = await cur.fetchall()
+    assert len(rows) == 2 and all(r[0] == "emit" and "not storable" in r[1] for r in rows)
+
+
 async def test_duplicates_in_one_batch_follow_jsonb_equality(database_url: str) -> None:
     """Within a batch as across batches: 1 and 1.0 are equal, true and 1 are not."""
     a = event(event_id="1", context={"ok": True, "n": 1})
@@ -435,3 +456,77 @@ async def test_duplicates_in_one_batch_follow_jsonb_equality(database_url: str) 
         )
     assert same_batch.outcomes == ["inserted", "duplicate", "conflict"]
     assert next_batch.outcomes == ["duplicate", "conflict"]
+
+
+def test_text_columns_bind_joined_unless_a_value_holds_a_marker() -> None:
+    from projector.pglookup import _COMPARE, _bind
+
+    assert _bind(_COMPARE, [["a", "b"], ["c", None]]) == (_COMPARE.joined, ("a\x1fb", "c\x1f\x1e"))
+    for unsafe in (["a\x1fb", "c"], ["a\x1e", None], [""]):
+        text, params = _bind(_COMPARE, [unsafe, ["x"] * len(unsafe)])
+        assert text == _COMPARE.array and params == (unsafe, ["x"] * len(unsafe))
+
+
+async def test_both_forms_of_every_lookup_find_the_same_rows(database_url: str) -> None:
+    """Each `_joined` statement and its `_array` twin return the same rows for the same values."""
+    from projector import batch
+    from projector.pglookup import (
+        _COMPARE,
+        _LOOKUP,
+        _LOOKUP_WINDOW,
+        _RANGES,
+        _RANGES_GIVEN,
+        _STORED_EXECUTIONS,
+        NULL_MARK,
+        SEPARATOR,
+        month_window,
+    )
+
+    stored = events(30, execution_prefix="forms", per_execution=10)
+    stored[3] = stored[3].model_copy(update={"worker_id": "w", "meta": {"m": 1}})
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit_many(stored)
+    probe = [*stored[::3], event("forms-9", "new")]
+    pending = [batch.encode(i, e) for i, e in enumerate(probe)]
+    pending[1] = batch.encode(1, probe[1].model_copy(update={"status": "FAILED"}))
+    keys = [p.key for p in pending]
+    executions = sorted({k[0] for k in keys})
+    lo, hi = month_window([e.created_at for e in probe])
+    compare = list(zip(*map(batch.compare_values, pending), strict=True))
+    cases: list[tuple[Any, list[Any], tuple[Any, ...], tuple[Any, ...]]] = [
+        (_RANGES, [[k[0] for k in keys], [k[1] for k in keys]], (), ()),
+        (_RANGES_GIVEN, [executions, ["0"] * 4, ["9"] * 4], (), ([99] * 4,)),
+        (_LOOKUP, [[k[0] for k in keys], [k[1] for k in keys]], (), ()),
+        (_LOOKUP_WINDOW, [[k[0] for k in keys], [k[1] for k in keys]], (), (lo, hi)),
+        (_STORED_EXECUTIONS, [executions], (lo, hi, lo, hi), ()),
+        (_COMPARE, compare, (), ()),
+    ]
+    conn = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        for forms, columns, before, after in cases:
+            joined = tuple(
+                SEPARATOR.join(NULL_MARK if v is None else v for v in col) for col in columns
+            )
+            found = []
+            for text, params in ((forms.joined, joined), (forms.array, tuple(map(list, columns)))):
+                cur = await conn.execute(text, (*before, *params, *after))
+                found.append(sorted(await cur.fetchall()))
+            assert found[0] == found[1] and found[0], forms.joined
+    finally:
+        await conn.close()
+
+
+async def test_ids_holding_the_separators_take_the_array_forms(
+    database_url: str, aconn: Conn
+) -> None:
+    batch = [event("x\x1fy", f"k\x1e{i}", at=i) for i in range(5)]
+    async with PostgresEventSink(database_url) as sink:
+        first = await sink.emit_many(batch)
+        again = await sink.emit_many(batch)
+        await aconn.execute("UPDATE noetl.event SET content_hash = NULL")
+        compared = await sink.emit_many(
+            [batch[0], batch[1].model_copy(update={"status": "FAILED"})]
+        )
+    assert first.inserted == 5 and again.duplicates == 5
+    assert compared.outcomes == ["duplicate", "conflict"]
+    assert await count(aconn) == 5

@@ -1,0 +1,539 @@
+"""One batch of the sink, without I/O: what goes in, what is written, what each item became.
+
+:func:`prepare` validates and serialises the caller's items: each valid one becomes a
+:class:`Pending` row (:func:`encode`: its COPY row, JSON serialised once, and its
+:func:`content_hash`), each invalid one a :class:`RejectedItem` for ``noetl.event_rejected``.
+Once the write transaction (``projector.pglookup``) has found which keys are stored already, as
+:class:`StoredRow` s, :func:`triage` says which items surely differ from their stored row and which
+the server must compare in full, :func:`fresh` which rows to COPY, and :func:`classify` what each
+item became: inserted, duplicate (identical content) or conflict (the same key with other
+content). Items of one batch that share a key are compared here by :func:`same_content`, with
+jsonb's equality (:func:`jsonb_equal`), as the server compares stored rows.
+
+The results the sink returns, :class:`BatchResult` with one :data:`Outcome` per item and a
+:class:`Rejection` per item not stored, are defined here too, as is :class:`RawEnvelope`, the
+undecoded input the sink validates itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+
+import orjson
+from pydantic import ValidationError
+
+from .envelope import ENVELOPE_FIELDS, ExecutorEvent
+
+__all__ = [
+    "COPY_COLUMNS",
+    "COPY_TYPES",
+    "BatchResult",
+    "Item",
+    "Key",
+    "Outcome",
+    "Outcomes",
+    "Pending",
+    "RawEnvelope",
+    "RejectedItem",
+    "Rejection",
+    "StoredRow",
+    "classify",
+    "compare_values",
+    "content_hash",
+    "describe_validation_error",
+    "encode",
+    "first_occurrences",
+    "fresh",
+    "jsonb_equal",
+    "prepare",
+    "rejected_item",
+    "same_content",
+    "triage",
+    "windows",
+]
+
+Outcome = Literal["inserted", "duplicate", "conflict", "rejected"]
+
+#: An event's key in noetl.event: `(execution_id, event_id)`.
+Key = tuple[str, str]
+
+#: noetl.event's columns as the sink writes them: the envelope's fields, in the same order, then
+#: the content fingerprint (the `sink.copy` statement names them in this order).
+COPY_COLUMNS = (*ENVELOPE_FIELDS, "content_hash")
+#: The types of :data:`COPY_COLUMNS` as COPY sends them. The jsonb columns travel as jsonb's binary
+#: wire format (a version byte, then the JSON text), built by :func:`encode`; declaring them bytea
+#: makes psycopg pass those bytes through with its C dumper.
+COPY_TYPES = [*["text"] * 5, "timestamptz", "bytea", "text", "bytea", "bytea"]
+
+_JSONB_VERSION = b"\x01"  # jsonb's binary input format: this version byte, then JSON text
+
+
+@dataclass(frozen=True)
+class RawEnvelope:
+    """Undecoded input (a line, a message body) that the sink validates itself.
+
+    `position` is where it came from in its source (a line number, a stream sequence) and is stored
+    with a rejection; `source` names the file, subject or caller.
+    """
+
+    raw: bytes | str
+    source: str
+    position: int | None = None
+
+
+#: What `emit_many` takes: envelopes, raw JSON, or mappings to validate.
+Item = ExecutorEvent | RawEnvelope | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An item that was not stored: its index in the batch, the reason, and its source position."""
+
+    position: int
+    reason: str
+    line: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """What `emit_many` did with each item. `outcomes` is index-aligned with the items."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    conflict_ids: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """The summary `projector ingest --json` prints."""
+        return {
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": len(self.rejected),
+        }
+
+    def extend(self, other: BatchResult) -> None:
+        """Append another batch's result (positions shifted past this one's items)."""
+        offset = len(self.outcomes)
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.conflicts += other.conflicts
+        self.conflict_ids.extend(other.conflict_ids)
+        self.rejected.extend(
+            Rejection(r.position + offset, r.reason, r.line) for r in other.rejected
+        )
+        self.outcomes.extend(other.outcomes)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line reason from a pydantic error: `field: message; field: message`."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def windows(items: Iterable[Item], size: int) -> Iterator[Sequence[Item]]:
+    """`items` in lists of `size` (one empty list for no items); a sequence is sliced."""
+    if isinstance(items, Sequence):
+        for start in range(0, len(items), size):
+            yield items[start : start + size]
+        if not items:
+            yield []
+        return
+    chunk: list[Item] = []
+    sent = False
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk, sent = [], True
+    if chunk or not sent:
+        yield chunk
+
+
+@dataclass
+class Outcomes:
+    """Per-item results of one chunk of a batch, filled in by the transactions that write it:
+    each item's outcome at its index (None: not written yet), the reasons of rejected items,
+    the keys of conflicts."""
+
+    outcomes: list[Outcome | None]
+    reasons: dict[int, str] = field(default_factory=dict)
+    conflicts: list[Key] = field(default_factory=list)
+    #: Set once a COPY's rows are sent and the server is busy storing them (see `emit_many`).
+    copying: asyncio.Event | None = None
+
+    def reject(self, index: int, reason: str) -> None:
+        """Item `index` is not stored, for `reason`."""
+        self.outcomes[index] = "rejected"
+        self.reasons[index] = reason
+
+    def result(self, rejects: Iterable[RejectedItem]) -> BatchResult:
+        """The chunk's result (items with no outcome count as rejected, "not stored" unless
+        their reason is known); `rejects` give the rejected items' source positions."""
+        outcomes = self.outcomes
+        result = BatchResult(
+            inserted=outcomes.count("inserted"),
+            duplicates=outcomes.count("duplicate"),
+            conflicts=outcomes.count("conflict"),
+            conflict_ids=self.conflicts,
+        )
+        if result.inserted + result.duplicates + result.conflicts < len(outcomes):
+            lines = {r.index: r.line for r in rejects}
+            result.rejected = [
+                Rejection(i, self.reasons.get(i, "not stored"), lines.get(i))
+                for i, o in enumerate(outcomes)
+                if o is None or o == "rejected"
+            ]
+            result.outcomes = [o if o is not None else "rejected" for o in outcomes]
+        else:
+            result.outcomes = outcomes  # type: ignore[assignment]  # no None left
+        return result
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Pending:
+    """A validated event waiting in a batch.
+
+    `index` is its position in the caller's items; `key` its `(execution_id, event_id)`, with the
+    event id resolved (derived from the content when the producer sent none); `row` its COPY row,
+    the values of :data:`COPY_COLUMNS` in that order with the JSON already serialised, built once
+    by :func:`encode` and handed to COPY as it is.
+    """
+
+    index: int
+    event: ExecutorEvent
+    key: Key
+    content_hash: bytes
+    row: tuple[Any, ...]
+
+
+class StoredRow(NamedTuple):
+    """A row of noetl.event found by the write transaction's lookup (``projector.pglookup``).
+
+    `txid` is the id of the transaction that stored it, as text; `content_hash` is None for rows
+    written by something other than the sink.
+    """
+
+    execution_id: str
+    event_id: str
+    created_at: datetime
+    txid: str
+    content_hash: bytes | None
+
+
+def _dumps(obj: Any) -> bytes | str:
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits, exotic types
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def _json_bytes(value: Any) -> bytes:
+    dumped = _dumps(value)
+    return dumped if isinstance(dumped, bytes) else dumped.encode("utf-8", "surrogatepass")
+
+
+def encode(index: int, event: ExecutorEvent) -> Pending:
+    """`event` (item `index` of a batch) as a pending row: the envelope's columns, its JSON
+    serialised once, here, for COPY and for the content hash; then the content hash.
+
+    Raises TypeError or ValueError for content that JSON cannot hold (an envelope built without
+    validation: infinities, lone surrogates the json module refuses)."""
+    event_id = event.resolved_event_id()
+    execution_id = event.execution_id
+    # Each field read once (attributes of a pydantic model cost more than locals).
+    head_fields = (event.event_type, event.step, event.status, event.created_at, event.worker_id)
+    event_type, step, status, created_at, worker_id = head_fields
+    context_value, meta_value = event.context, event.meta
+    meta: bytes | None = None
+    try:
+        context = orjson.dumps(context_value)
+        head = orjson.dumps(head_fields)
+        if meta_value is not None:
+            meta = orjson.dumps(meta_value)
+    except (TypeError, orjson.JSONEncodeError):  # beyond 64-bit integers, lone surrogates
+        context = _json_bytes(context_value)
+        head = repr(head_fields).encode("utf-8", "surrogatepass")
+        meta = None if meta_value is None else _json_bytes(meta_value)
+    digest = hashlib.blake2b(
+        b"".join((head, b"\n", context, b"\n", b"-" if meta is None else meta)), digest_size=16
+    ).digest()
+    return Pending(
+        index,
+        event,
+        (execution_id, event_id),
+        digest,
+        (
+            execution_id,
+            event_id,
+            event_type,
+            step,
+            status,
+            created_at,
+            _JSONB_VERSION + context,
+            worker_id,
+            None if meta is None else _JSONB_VERSION + meta,
+            digest,
+        ),
+    )
+
+
+def content_hash(event: ExecutorEvent) -> bytes:
+    """The 16-byte fingerprint stored in noetl.event.content_hash for `event`'s content.
+
+    BLAKE2b-128 of: the JSON array `[event_type, step, status, created_at, worker_id]` (created_at
+    in RFC 3339, UTC), a newline, `context` as JSON, a newline, and `meta` as JSON (or `-` when
+    there is none), all serialised by orjson as the sink writes them (content orjson cannot
+    write, such as integers beyond 64 bits, is hashed from the json module's text and the
+    array's Python repr instead). Equal hashes mean identical content; different hashes mean
+    "compare in full" (the same JSON may be spelled differently).
+    """
+    return encode(0, event).content_hash
+
+
+def _json_text(value: bytes | None) -> str | None:
+    """JSON text from a row's jsonb wire value."""
+    return None if value is None else value[1:].decode("utf-8", "surrogatepass")
+
+
+def compare_values(p: Pending) -> tuple[str | None, ...]:
+    """`p`'s content as text, as the server-side comparison (`sink.compare_*`) takes it:
+    execution id, event id, created_at (ISO 8601), event_type, step, status, context JSON,
+    worker_id, meta JSON."""
+    execution_id, event_id, event_type, step, status, created_at, context, worker_id, meta, _ = (
+        p.row
+    )
+    return (
+        execution_id,
+        event_id,
+        created_at.isoformat(),
+        event_type,
+        step,
+        status,
+        _json_text(context),
+        worker_id,
+        _json_text(meta),
+    )
+
+
+# -- rejections ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RejectedItem:
+    """An item on its way to noetl.event_rejected: its index in the batch, its input as given,
+    where that came from (`source`, and `line`: the position in the source) and why."""
+
+    index: int
+    raw: bytes | str
+    source: str
+    line: int | None
+    reason: str
+
+    def columns(self) -> tuple[str, bytes | None, str, int | None, str]:
+        """The values of the `sink.reject` statement: raw, raw_bytes, source, position, reason."""
+        return (*_raw_columns(self.raw), self.source, self.line, self.reason)
+
+
+def _raw_columns(raw: bytes | str) -> tuple[str, bytes | None]:
+    """`raw` as text for event_rejected.raw; the exact bytes too when text cannot hold them."""
+    if isinstance(raw, str):
+        if "\x00" not in raw:
+            return raw, None
+        return raw.replace("\x00", "\\x00"), raw.encode("utf-8", "surrogatepass")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"), raw
+    if "\x00" in text:
+        return text.replace("\x00", "\\x00"), raw
+    return text, None
+
+
+def rejected_item(i: int, item: object, source: str, reason: str, offset: int = 0) -> RejectedItem:
+    """Item `i` rejected for `reason`, with its input as faithfully as it can be kept. A raw
+    envelope keeps its own source and position; anything else gets `source` and its position
+    `offset + i` in the caller's items."""
+    if isinstance(item, RawEnvelope):
+        return RejectedItem(i, item.raw, item.source, item.position, reason)
+    if isinstance(item, ExecutorEvent):
+        try:
+            raw = item.model_dump_json()
+        except (TypeError, ValueError):
+            raw = repr(item)
+        return RejectedItem(i, raw, source, offset + i, reason)
+    try:
+        raw = json.dumps(item, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        raw = repr(item)
+    return RejectedItem(i, raw, source, offset + i, reason)
+
+
+def prepare(
+    items: Sequence[Item],
+    source: str,
+    pending: list[Pending],
+    rejects: list[RejectedItem],
+    start: int = 0,
+    stop: int | None = None,
+    offset: int = 0,
+) -> None:
+    """Validate and serialise `items[start:stop]` into `pending`; the invalid into `rejects`.
+
+    `offset` is where `items` starts in the caller's items (the position kept for a rejected
+    mapping)."""
+    for i in range(start, len(items) if stop is None else min(stop, len(items))):
+        item = items[i]
+        try:
+            if item.__class__ is ExecutorEvent:
+                pending.append(encode(i, item))
+                continue
+            if isinstance(item, ExecutorEvent):
+                event = item
+            elif isinstance(item, RawEnvelope):
+                event = ExecutorEvent.parse_json(item.raw)
+            else:
+                event = ExecutorEvent.model_validate(item)
+            pending.append(encode(i, event))
+        except ValidationError as exc:
+            reason = describe_validation_error(exc)
+            rejects.append(rejected_item(i, item, source, reason, offset))
+        except (TypeError, ValueError) as exc:  # an envelope built without validation
+            reason = f"not storable: {exc}"
+            rejects.append(rejected_item(i, item, source, reason, offset))
+
+
+# -- classification ------------------------------------------------------------------------------
+
+
+def first_occurrences(pending: Iterable[Pending]) -> dict[Key, Pending]:
+    """Each key's first item in the batch: the one written (later ones are compared with it)."""
+    first: dict[Key, Pending] = {}
+    for p in pending:
+        first.setdefault(p.key, p)
+    return first
+
+
+def fresh(first: Mapping[Key, Pending], stored: Mapping[Key, StoredRow]) -> Iterable[Pending]:
+    """The rows to write: the first item of every key that is not stored."""
+    if not stored:
+        return first.values()
+    return [p for key, p in first.items() if key not in stored]
+
+
+def triage(
+    pending: Iterable[Pending], stored: Mapping[Key, StoredRow], earlier_txids: set[str]
+) -> tuple[set[int], list[Pending]]:
+    """For the items whose key is stored, not by an earlier attempt at this batch: the indexes of
+    those stored with another created_at (in another partition: surely other content), and the
+    items the server must compare in full (no stored hash, or another one: the same JSON may be
+    spelled differently). The others have their stored row's hash: identical content (the hash
+    covers created_at too)."""
+    changed: set[int] = set()
+    candidates: list[Pending] = []
+    for p in pending:
+        hit = stored.get(p.key)
+        if hit is None or hit.content_hash == p.content_hash or hit.txid in earlier_txids:
+            continue
+        if hit.created_at != p.event.created_at:
+            changed.add(p.index)
+        else:
+            candidates.append(p)
+    return changed, candidates
+
+
+def classify(
+    pending: Sequence[Pending],
+    first: Mapping[Key, Pending],
+    stored: Mapping[Key, StoredRow],
+    changed: set[int],
+    earlier_txids: set[str],
+    outcomes: list[Outcome | None],
+    conflicts: list[Key],
+) -> None:
+    """Set each item's outcome (at its index in `outcomes`) and append the keys of conflicts.
+
+    A key that was not stored (or was, by an earlier attempt at this batch whose COMMIT was lost
+    in flight) is inserted by its first item; later items with the same content are duplicates,
+    with other content conflicts. A key stored before is a duplicate unless its index is in
+    `changed` (other content, see :func:`triage`): a conflict, the stored row left unchanged."""
+    if not stored and len(first) == len(pending):  # the common case: all new, all distinct
+        for p in pending:
+            outcomes[p.index] = "inserted"
+        return
+    for p in pending:
+        key = p.key
+        hit = stored.get(key)
+        if hit is None or hit.txid in earlier_txids:  # new, or ours from a lost COMMIT
+            winner = first[key]
+            if p is winner or same_content(winner, p):
+                outcomes[p.index] = "inserted" if p is winner else "duplicate"
+                continue
+        elif p.index not in changed:
+            outcomes[p.index] = "duplicate"
+            continue
+        outcomes[p.index] = "conflict"
+        conflicts.append(key)
+
+
+def _json_number(value: int | float) -> Decimal:
+    """The number jsonb reads from `value`'s JSON text as the sink writes it."""
+    return Decimal(value) if isinstance(value, int) else Decimal(_json_bytes(value).decode())
+
+
+def same_content(a: Pending, b: Pending) -> bool:
+    """Whether two events of one batch hold the same envelope apart from their key, by the rules
+    the server's comparison applies to stored rows (jsonb equality)."""
+    if a.content_hash == b.content_hash:
+        return True
+    x, y = a.event, b.event
+    return bool(
+        x.event_type == y.event_type
+        and x.step == y.step
+        and x.status == y.status
+        and x.created_at == y.created_at
+        and x.worker_id == y.worker_id
+        and jsonb_equal(x.context, y.context)
+        and jsonb_equal(x.meta, y.meta)
+    )
+
+
+def jsonb_equal(a: Any, b: Any) -> bool:
+    """JSON equality as jsonb has it: numbers by the value of their JSON text (1 = 1.0), but
+    `true` is not `1`, and object keys in any order."""
+    if a.__class__ is float and not math.isfinite(a):
+        a = None  # orjson writes infinities and NaN as null
+    if b.__class__ is float and not math.isfinite(b):
+        b = None
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        if a.__class__ is b.__class__:
+            return a == b
+        # An integer and a float: jsonb reads the float's shortest text, 2.0**60 as
+        # 1.152921504606847e18, which is not 2**60 (although Python's float is).
+        return _json_number(a) == _json_number(b)
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(jsonb_equal(v, b[k]) for k, v in a.items())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(jsonb_equal(v, w) for v, w in zip(a, b, strict=True))
+    return False
