@@ -7,8 +7,10 @@ Python API takes its settings as arguments and reads nothing from the environmen
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
 
 __all__ = ["Settings", "settings"]
 
@@ -43,5 +45,15 @@ class Settings(BaseSettings):
 
 
 def settings() -> Settings:
-    """The settings as the environment has them now (read afresh on every call)."""
-    return Settings()
+    """The settings as the environment has them now (read afresh on every call).
+
+    A malformed value raises :class:`~projector.errors.ConfigurationError` naming the variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PROJECTOR_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(f"bad environment setting: {problems}") from None

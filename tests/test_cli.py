@@ -119,3 +119,13 @@ def test_ingest_reads_stdin(database_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["inserted"] == 2
+
+
+def test_a_malformed_environment_setting_is_a_usage_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PROJECTOR_CONNECT_TIMEOUT", "abc")
+    assert run(["--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("projector: error: bad environment setting: PROJECTOR_CONNECT_TIMEOUT:")
+    assert "Traceback" not in err

@@ -96,7 +96,11 @@ def _accept_everywhere(parser: argparse.ArgumentParser, option: str) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, return its exit status (errors printed to stderr)."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ProjectorError as exc:  # a malformed PROJECTOR_* variable: the defaults come from it
+        print(f"projector: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
