@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import IO, Any
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ..batch import BatchResult, Item
@@ -116,6 +117,7 @@ def _progress_bar() -> Progress:
             "inserted {task.fields[inserted]:,}  duplicates {task.fields[duplicates]:,}"
         ),
         TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout is the report's (--json)
         transient=True,
     )
 
