@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
-import grp
 import os
 import pwd
 import shutil
@@ -126,7 +125,6 @@ def password_server() -> Iterator[PasswordServer]:
             pytest.skip("running as root and there is no user 'nobody' to run initdb as")
         run_as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
         os.chown(home, nobody.pw_uid, nobody.pw_gid)
-        grp.getgrgid(nobody.pw_gid)  # the group exists
     password = "right-password"
     pwfile = home / "pw"
     pwfile.write_text(password + "\n")
