@@ -1,4 +1,5 @@
-# Image with the `projector` command line, used by docker-compose.yml.
+# Image with the `projector` command line, used by docker-compose.yml. A lean install: no
+# embedded PostgreSQL (the `embedded` extra); the database is PROJECTOR_DATABASE_URL.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./

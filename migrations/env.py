@@ -3,7 +3,8 @@
 Connection, in order: an outside connection handed in through
 ``config.attributes["connection"]`` (how `projector db upgrade` and the tests migrate), the
 ``sqlalchemy.url`` option or ``-x url=...``, ``PROJECTOR_DATABASE_URL``, else the embedded
-PostgreSQL the command line uses.
+PostgreSQL the command line uses; with the URL's ``connect_timeout``, else
+``PROJECTOR_CONNECT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from alembic import context
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import Connection
 
-from projector.database import CONNECT_KWARGS, embedded_server, sqlalchemy_url
+from projector.database import (
+    CONNECT_KWARGS,
+    embedded_server,
+    sqlalchemy_url,
+    with_connect_timeout,
+)
 from projector.schema import SCHEMA, metadata
 from projector.settings import settings
 
@@ -60,7 +66,9 @@ def main() -> None:
         if not url:
             url = stack.enter_context(embedded_server())
         engine = create_engine(
-            sqlalchemy_url(url), poolclass=pool.NullPool, connect_args=CONNECT_KWARGS
+            sqlalchemy_url(with_connect_timeout(url, settings().connect_timeout)),
+            poolclass=pool.NullPool,
+            connect_args=CONNECT_KWARGS,
         )
         with engine.connect() as connection:
             run(connection)

@@ -66,7 +66,7 @@ from .batch import (
     content_hash,
     describe_validation_error,
 )
-from .database import CONNECT_KWARGS
+from .database import CONNECT_KWARGS, check_connection, with_connect_timeout
 from .envelope import ExecutorEvent
 from .errors import DatabaseUnavailable, ProjectorError, SchemaMissing, is_transient, translating
 from .groupcommit import GroupCommit
@@ -109,7 +109,8 @@ class PostgresEventSink:
     call (default 1: on 2 cores a second lane measured ~10 % slower; events are split between
     lanes by execution id so they never wait on each other's locks); `retry_for` seconds of
     retrying a transient failure before raising `DatabaseUnavailable` (default 60);
-    `connect_timeout` seconds to wait for the first connection (default 10).
+    `connect_timeout` seconds to wait for a connection (default 10; a ``connect_timeout`` in the
+    URL wins).
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class PostgresEventSink:
         self._flusher_count = flushers
         self._max_pending = max_pending
         self._pool = AsyncConnectionPool(
-            url,
+            with_connect_timeout(url, connect_timeout),
             min_size=1,
             max_size=max_pool_size,
             open=False,
@@ -161,7 +162,13 @@ class PostgresEventSink:
         conn.adapters.register_dumper(bytes, BytesBinaryDumper)
 
     async def open(self) -> None:
-        """Open the pool, wait for a connection and check that the schema is migrated."""
+        """Open the pool, wait for a connection and check that the schema is migrated.
+
+        One direct connection comes first: an unreachable server, one that does not answer
+        within `connect_timeout`, or a refused login raises `DatabaseUnavailable` at once with
+        the server's reason (the pool would retry until its timeout).
+        """
+        await check_connection(self.url, self.connect_timeout)
         try:
             with translating():
                 await self._pool.open(wait=True, timeout=self.connect_timeout)

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(
         default=10.0,
         gt=0,
-        description="Seconds to wait for a PostgreSQL connection before giving up.",
+        description="Seconds to wait for a PostgreSQL connection before giving up (libpq counts "
+        "whole seconds, at least 2; a connect_timeout in the URL wins).",
     )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
     nats_stream: str = Field(default="NOETL_EVENTS", description="JetStream stream of events.")

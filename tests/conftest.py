@@ -24,7 +24,7 @@ from psycopg import sql
 from projector import migrate
 from projector.database import embedded_server
 
-pytest_plugins = ["tests.natsutil"]
+pytest_plugins = ["tests.natsutil", "tests.pgservers"]
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -106,5 +106,5 @@ def test_consume_without_a_stream_says_how_to_create_it(
     assert code == ExitCode.ENVIRONMENT
     assert f"stream {stream!r} does not exist" in err and "projector nats init" in err
     code = run([*argv, "--subject-prefix", "noetl.*", "--until-empty"])
-    assert code == ExitCode.ENVIRONMENT
+    assert code == ExitCode.USAGE  # a bad option value
     assert "subject prefix 'noetl.*'" in capsys.readouterr().err

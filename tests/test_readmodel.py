@@ -1,17 +1,12 @@
-"""projector.readmodel against the real PostgreSQL, and the README block that shows it."""
+"""projector.readmodel against the real PostgreSQL (tests/test_readme.py runs its README block)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,11 +19,10 @@ from projector.errors import SchemaMissing, UnknownExecution
 from projector.fold import fold_all
 from projector.projection import Projector
 from projector.readmodel import ExecutionStatus, HistoryEvent, StepStatus
-from tests.eventlog import INSERT, insert_events, rows
+from tests.eventlog import insert_events
 from tests.test_projection import T0, trace
 
 Conn = psycopg.AsyncConnection[Any]
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def samples() -> list[ExecutorEvent]:
@@ -38,30 +32,6 @@ def samples() -> list[ExecutorEvent]:
         text = (resources.files("projector.samples") / f"{name}.ndjson").read_text("utf-8")
         events += [ExecutorEvent.parse_json(line) for line in text.splitlines() if line.strip()]
     return events
-
-
-def readme_section(title: str) -> tuple[str, str]:
-    """The python block of README section `title`, and the text block (its output) after it."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    output = re.search(r"```text\n(.*?)```", section, re.S)
-    assert code is not None and output is not None
-    return code.group(1), output.group(1)
-
-
-def test_readme_block_runs_as_written(database_url: str, tmp_path: Path) -> None:
-    code, expected = readme_section("Reading status from Python")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.cursor().executemany(INSERT, rows(samples()))
-    script = tmp_path / "read_status.py"
-    script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "PROJECTOR_DATABASE_URL": database_url}
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == expected
 
 
 async def test_status_and_steps_are_the_fold(aconn: Conn) -> None:

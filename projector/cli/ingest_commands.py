@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import sys
+import time
+from collections.abc import Iterable
 from typing import IO, Any
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from ..batch import BatchResult, Item
 from ..ingest import IngestReport, ingest
 from ..pgsink import PostgresEventSink
+from . import options
 
 #: Files at least this large get a progress bar when stderr is a terminal.
 PROGRESS_MIN_BYTES = 1 << 20
@@ -31,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("path", help="file to read, or - for standard input")
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
     p.add_argument(
-        "--batch-size", type=int, default=2000, help="events per transaction (default: 2000)"
+        "--batch-size",
+        type=options.positive_int,
+        default=2000,
+        help="events per transaction (default: 2000)",
     )
     p.set_defaults(handler=run_ingest)
 
@@ -58,6 +67,61 @@ def print_report(report: IngestReport, source: str, as_json: bool) -> None:
         print(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
+class _CountingSink(PostgresEventSink):
+    """The sink, adding up what each committed batch stored (for the progress bar and Ctrl-C)."""
+
+    def __init__(self, url: str, batch_size: int) -> None:
+        super().__init__(url, batch_size=batch_size)
+        self.committed = BatchResult()
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.started = time.monotonic()
+
+    async def emit_many(self, items: Iterable[Item], *, source: str = "api") -> BatchResult:
+        result = await super().emit_many(items, source=source)
+        c = self.committed
+        c.inserted += result.inserted
+        c.duplicates += result.duplicates
+        c.conflicts += result.conflicts
+        c.rejected.extend(result.rejected)
+        if self.progress is not None:
+            events = c.inserted + c.duplicates + c.conflicts + len(c.rejected)
+            rate = events / max(time.monotonic() - self.started, 1e-3)
+            self.progress.update(
+                self.task,
+                events=events,
+                rate=rate,
+                inserted=c.inserted,
+                duplicates=c.duplicates,
+            )
+        return result
+
+    def summary(self) -> str:
+        c = self.committed
+        events = c.inserted + c.duplicates + c.conflicts + len(c.rejected)
+        return (
+            f"{events:,} events committed ({c.inserted:,} inserted, {c.duplicates:,} duplicates, "
+            f"{c.conflicts:,} conflicts, {len(c.rejected):,} rejected)"
+        )
+
+
+def _progress_bar() -> Progress:
+    """Events committed, their rate, inserted and duplicates; the bar is the share of the file
+    read (at most one batch ahead of what is committed)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn(
+            "{task.fields[events]:,} events  {task.fields[rate]:,.0f}/s  "
+            "inserted {task.fields[inserted]:,}  duplicates {task.fields[duplicates]:,}"
+        ),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),  # stdout is the report's (--json)
+        transient=True,
+    )
+
+
 async def run_ingest(args: argparse.Namespace, db: str) -> int:
     source = "stdin" if args.path == "-" else args.path
     with contextlib.ExitStack() as stack:
@@ -68,24 +132,28 @@ async def run_ingest(args: argparse.Namespace, db: str) -> int:
             # A blocking open is fine here: nothing else runs on the loop yet.
             stream = stack.enter_context(open(args.path, "rb"))  # noqa: ASYNC230
             size = os.fstat(stream.fileno()).st_size
-        progress = None
+        sink = _CountingSink(db, args.batch_size)
+        on_bytes = None
         if sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES:
-            progress = stack.enter_context(
-                Progress(
-                    "[progress.description]{task.description}",
-                    BarColumn(),
-                    DownloadColumn(),
-                    TimeRemainingColumn(),
-                    transient=True,
-                )
+            progress = stack.enter_context(_progress_bar())
+            sink.progress = progress
+            sink.task = progress.add_task(
+                f"ingest {source}", total=size, events=0, rate=0.0, inserted=0, duplicates=0
             )
-            task = progress.add_task(f"ingest {source}", total=size)
-        async with PostgresEventSink(db, batch_size=args.batch_size) as sink:
-            report = await ingest(
-                sink,
-                stream,
-                source,
-                (lambda n: progress.advance(task, n)) if progress is not None else None,
+
+            def on_bytes(n: int) -> None:
+                progress.advance(sink.task, n)
+
+        try:
+            async with sink:
+                report = await ingest(sink, stream, source, on_bytes)
+        except asyncio.CancelledError:  # Ctrl-C: say what is stored for sure
+            print(
+                f"{source}: interrupted after {sink.summary()}; the batch in flight may or may "
+                "not be stored: ingest the same input again to store the rest (what is stored "
+                "counts as duplicates)",
+                file=sys.stderr,
             )
+            raise
     print_report(report, source, args.json)
     return 1 if report.rejected_at or report.result.conflicts else 0

@@ -1,4 +1,8 @@
-"""`projector project [--once]` and `projector rebuild`."""
+"""`projector project [--once]` and `projector rebuild`.
+
+`project` also keeps the monthly partitions of noetl.event created ahead
+(:func:`projector.partitions.upkeep`: at start, then hourly), so no cron job is needed.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import signal
 
 from rich.console import Console
 
+from .. import partitions
 from ..projection import DEFAULT_NAME, Projector, connect, rebuild
+from . import options
 
 __all__ = ["register"]
 
@@ -19,6 +25,8 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
     projector = Projector(
         db, name=args.name, max_events=args.max_events, poll_interval=args.poll_interval
     )
+    async with await connect(db) as conn:  # at start; then hourly while it runs
+        await partitions.ensure_partitions(conn, args.partitions_ahead)
     if args.once:
         count = await projector.once()
         Console(highlight=False).print(f"projected {count} events", markup=False)
@@ -30,9 +38,14 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
+    upkeep = asyncio.create_task(
+        partitions.upkeep(db, args.partitions_ahead, stop, first_after=partitions.UPKEEP_INTERVAL)
+    )
     try:
         await projector.run(stop)
     finally:
+        stop.set()
+        await upkeep
         for sig in installed:
             loop.remove_signal_handler(sig)
     return 0
@@ -48,13 +61,6 @@ async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     return 0
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `project` and `rebuild` to the command line."""
     p = subparsers.add_parser(
@@ -65,17 +71,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "transaction in progress); wakes on the sink's NOTIFY, polls as a fallback. Several "
         "instances may run: an advisory lock lets one work at a time. Reads rows by "
         "transaction-id fence, so a long-open transaction anywhere on the server delays "
-        "projection (never loses events).",
+        "projection (never loses events). Also keeps the monthly partitions of noetl.event "
+        "created ahead (--partitions-ahead), at start and then hourly.",
     )
     p.add_argument("--once", action="store_true", help="catch up, then exit")
     p.add_argument(
         "--poll-interval",
-        type=_seconds,
+        type=options.seconds,
         default=1.0,
         help="seconds between polls when no NOTIFY arrives (default 1)",
     )
     p.add_argument(
-        "--max-events", type=int, default=10_000, help="events per transaction (default 10000)"
+        "--max-events",
+        type=options.positive_int,
+        default=10_000,
+        help="events per transaction (default 10000)",
+    )
+    p.add_argument(
+        "--partitions-ahead",
+        type=options.non_negative_int,
+        metavar="N",
+        default=3,
+        help="keep the monthly partitions of noetl.event created for this month and the N "
+        "after it, at start and then hourly (default 3)",
     )
     p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
     p.set_defaults(handler=project_command)

@@ -1,0 +1,63 @@
+"""Argument types of the command line: a bad value is an argparse error (exit 2, one line).
+
+Each function takes the text of one argument and returns its value, or raises
+:class:`argparse.ArgumentTypeError` with what a valid value looks like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import timedelta
+
+__all__ = ["age", "non_negative_int", "positive_int", "seconds"]
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number of at least 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds greater than 0 (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+_AGE = re.compile(r"^\s*(\d+)\s*([dw])\s*$")
+
+
+def age(text: str) -> timedelta:
+    """An age in days or weeks: ``180d``, ``26w`` (more than 0)."""
+    match = _AGE.match(text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age: write days or weeks, e.g. 180d or 26w"
+        )
+    count, unit = int(match.group(1)), match.group(2)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be more than 0 days, not {text}")
+    return timedelta(days=count * (7 if unit == "w" else 1))
