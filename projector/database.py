@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigurationError, DatabaseUnavailable
+from .redact import redact, remember
 from .settings import Settings, settings
 
 __all__ = [
@@ -57,7 +58,7 @@ def embedded_server(data_dir: Path | None = None) -> Iterator[str]:
             server = postgres_server.get_server(data_dir, cleanup_mode="stop")
     except Exception as exc:  # the wheel raises plain exceptions with the server log in them
         raise DatabaseUnavailable(
-            f"could not start the embedded PostgreSQL in {data_dir}: {exc}. Set "
+            f"could not start the embedded PostgreSQL in {data_dir}: {redact(str(exc))}. Set "
             "PROJECTOR_DATABASE_URL (or --database-url) to use a server of your own."
         ) from exc
     try:
@@ -73,9 +74,10 @@ def database_url(explicit: str | None = None) -> str | None:
     url = explicit or settings().database_url
     if url is None:
         return None
+    remember(url)  # its password never appears in a message (projector.redact)
     if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         raise ConfigurationError(
-            f"database URL {url!r} must start with postgresql:// (for example "
+            f"database URL {redact(url)!r} must start with postgresql:// (for example "
             "postgresql://postgres@127.0.0.1:5432/postgres)"
         )
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
