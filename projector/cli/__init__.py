@@ -26,6 +26,7 @@ from . import (
     ingest_commands,
     nats_commands,
     project_commands,
+    safe,
     status_commands,
 )
 
@@ -99,7 +100,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
     except ProjectorError as exc:  # a malformed PROJECTOR_* variable: the defaults come from it
-        print(f"projector: error: {exc}", file=sys.stderr)
+        print(f"projector: error: {safe.error_text(exc)}", file=sys.stderr)
         return ExitCode.USAGE
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -107,6 +108,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    safe.guard_logging()  # log lines: credentials redacted, control characters escaped
     try:
         with contextlib.ExitStack() as stack:
             url = ""
@@ -123,7 +125,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             status: int = asyncio.run(args.handler(args, url))
             return status
     except ProjectorError as exc:
-        print(f"projector: error: {exc}", file=sys.stderr)
+        print(f"projector: error: {safe.error_text(exc)}", file=sys.stderr)
         return ExitCode.ENVIRONMENT
     except KeyboardInterrupt:
         print("projector: interrupted", file=sys.stderr)
