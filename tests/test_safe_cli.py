@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,46 @@ def test_error_messages_are_escaped_and_redacted(
         f"projector: error: cannot store step {SHOWN} via postgresql://app:***@127.0.0.1:1/noetl\n"
         "DETAIL: \\u009b2J\n"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="projector/cli/status_commands.py renders producer text raw (being rewritten; the "
+    "edits applying projector.cli.safe there come once that has landed)",
+)
+def test_status_history_and_executions_escape_producer_text(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    execution_id = f"x{TITLE}"
+    hostile = [
+        event(
+            execution_id,
+            f"e{TITLE}",
+            event_type="call.error",
+            step="[link=https://evil.example]s[/link]\x1b[2J",
+            status="FAILED",
+            context={"error": "boom\x9b2J\u202e", "x": "\x7f"},
+        )
+    ]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.cursor().executemany(INSERT, rows(hostile))
+    for command, shown in [
+        (["status", execution_id], f"x{SHOWN}"),
+        (["history", execution_id], f"e{SHOWN}"),
+        (["executions"], f"x{SHOWN}"),
+        (["status", execution_id, "--json"], f"x{SHOWN}"),
+    ]:
+        assert run(["--database-url", database_url, *command]) == 0
+        out = capsys.readouterr().out
+        assert not _raw_controls(out), (command, out)
+        assert "\u202e" not in out
+        assert shown in out, (command, out)
+    assert run(["--database-url", database_url, "status", execution_id]) == 0
+    out = capsys.readouterr().out
+    assert "[link=https://evil.example]s[/link]\\u001b[2J" in out  # markup shown, not obeyed
+    assert "boom\\u009b2J\\u202e" in out
+    assert run(["--database-url", database_url, "status", execution_id, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # escaped, and still the same JSON
+    assert doc["execution_id"] == execution_id
+    assert doc["steps"][0]["error"] == "boom\x9b2J\u202e"

@@ -16,16 +16,17 @@ from psycopg import sql
 
 from projector import migrate
 from tests.conftest import fresh_database, with_dbname
-from tests.faults.servers import NatsServer, PgServer, nats_server, pg_bindir, pg_server
+from tests.faults.servers import NatsServer, PgServer, nats_server, pg_server
 
 TEMPLATE = "projector_fault_tpl"
 
 
 @pytest.fixture(scope="session")
 def own_pg() -> Iterator[PgServer]:
-    """The suite's own PostgreSQL (initdb in a temporary directory), for the whole session."""
-    if pg_bindir() is None:
-        pytest.skip("no PostgreSQL binaries (initdb, postgres) to start a server of our own")
+    """The suite's own PostgreSQL (initdb in a temporary directory), for the whole session.
+
+    No binaries is an error, not a skip: the embedded wheel (a dependency) always has them.
+    """
     with pg_server() as server:
         with psycopg.connect(server.url(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
