@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ import psycopg
 
 from projector import ExecutorEvent
 from tests.eventlog import read_executions, read_steps
+from tests.natsutil import Names, consume_argv
 
 Key = tuple[str, str]
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -87,17 +88,27 @@ async def stored_counts(url: str) -> Counter[Key]:
         return Counter((str(r[0]), str(r[1])) for r in await cur.fetchall())
 
 
-async def stored_count(url: str) -> int:
-    """Rows in noetl.event (0 while the database cannot be reached)."""
+async def count_rows(url: str, relation: str = "noetl.event") -> int:
+    """Rows in `relation` (trusted text), 0 while the database cannot be reached."""
     try:
         async with await psycopg.AsyncConnection.connect(
             url, autocommit=True, connect_timeout=2
         ) as conn:
-            cur = await conn.execute("SELECT count(*) FROM noetl.event")
+            cur = await conn.execute(f"SELECT count(*) FROM {relation}")
             row = await cur.fetchone()
             return int(row[0]) if row else 0
     except psycopg.OperationalError:
         return 0
+
+
+async def stored_count(url: str) -> int:
+    """Rows in noetl.event (0 while the database cannot be reached)."""
+    return await count_rows(url)
+
+
+async def projected_count(url: str) -> int:
+    """Rows in noetl.execution_state (0 while the database cannot be reached)."""
+    return await count_rows(url, "noetl.execution_state")
 
 
 async def assert_stored_exactly(url: str, sent: Iterable[Key]) -> None:
@@ -171,13 +182,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def cli_process(url: str, *args: str) -> AsyncIterator[Running]:
-    """`projector <args>` as a background process that is always gone when the block ends."""
+async def process(argv: Sequence[str]) -> AsyncIterator[Running]:
+    """`argv` as a background process that is always gone when the block ends."""
     proc = await asyncio.create_subprocess_exec(
-        *cli_argv(url, *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=cli_env(),
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
     )
     running = Running(proc)
     try:
@@ -187,6 +195,23 @@ async def cli_process(url: str, *args: str) -> AsyncIterator[Running]:
             proc.kill()
             with contextlib.suppress(Exception):
                 await running.finish()
+
+
+def cli_process(url: str, *args: str) -> contextlib.AbstractAsyncContextManager[Running]:
+    """`projector --database-url URL <args>` as a background process (see :func:`process`)."""
+    return process(cli_argv(url, *args))
+
+
+#: Bridge options of the fault tests: small batches, and a short ack wait so that what a killed
+#: bridge held unacknowledged comes back quickly.
+BRIDGE_OPTIONS = ("--batch", "100", "--ack-wait", "2", "--log-interval", "0")
+
+
+def consume_process(
+    url: str, nats_url: str, names: Names, *extra: str
+) -> contextlib.AbstractAsyncContextManager[Running]:
+    """`projector consume` for this test's stream, with :data:`BRIDGE_OPTIONS` and `extra`."""
+    return process(consume_argv(url, nats_url, names, *BRIDGE_OPTIONS, *extra))
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -32,9 +32,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -130,8 +131,62 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+class _Process:
+    """What the servers share: the process, its log, starting it and waiting for it."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        """The end of the server's log (for failure messages)."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def _spawn(self, argv: Sequence[str], **kwargs: Any) -> None:
+        """Start `argv` in a session of its own, its output appended to the log."""
+        assert not self.running, "already running"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+            )
+
+    def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Poll `ready` until it holds; raise (with the log's end) if the process exits first or
+        :data:`START_LIMIT` passes."""
+        deadline = time.monotonic() + START_LIMIT
+        while not ready():
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start: {self.tail()}")
+            time.sleep(0.02)
+
+    def _kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def _end(self, sig: int) -> None:
+        """Send `sig` and wait for the process to exit (SIGKILL after :data:`START_LIMIT`)."""
+        if not self.running:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(START_LIMIT)
+        except subprocess.TimeoutExpired:
+            self._kill()
+
+
 @dataclass
-class PgServer:
+class PgServer(_Process):
     """A PostgreSQL cluster in `base` on 127.0.0.1:`port` (module docstring)."""
 
     bindir: Path
@@ -139,7 +194,6 @@ class PgServer:
     port: int
     #: Password of the `postgres` role; set: password (scram) authentication, else trust.
     password: str | None = None
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _user: pwd.struct_passwd | None = field(default=None, repr=False)
 
     @property
@@ -191,40 +245,27 @@ class PgServer:
 
     def start(self) -> None:
         """Start the postmaster and wait until it accepts connections."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(self.bindir / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-p",
-                    str(self.port),
-                    "-c",
-                    f"listen_addresses={LOOPBACK}",
-                    "-c",
-                    f"unix_socket_directories={self.base}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "max_connections=200",
-                    "-c",
-                    "shared_buffers=64MB",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **self._run_as(),
-            )
-        deadline = time.monotonic() + START_LIMIT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}: {self.tail()}")
-            if self._accepts():
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start on port {self.port}: {self.tail()}")
-            time.sleep(0.05)
+        self._spawn(
+            [
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                f"listen_addresses={LOOPBACK}",
+                "-c",
+                f"unix_socket_directories={self.base}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=64MB",
+            ],
+            **self._run_as(),
+        )
+        self._wait_until(self._accepts, f"postgres on port {self.port}")
 
     def _accepts(self) -> bool:
         try:
@@ -233,22 +274,11 @@ class PgServer:
         except psycopg.OperationalError:
             return False
 
-    def tail(self, lines: int = 20) -> str:
-        """The end of the server log (for failure messages)."""
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def kill9(self) -> None:
         """SIGKILL the postmaster, then wait for its backends to notice and exit."""
         assert self.proc is not None
         children = _pids_with_parent(self.proc.pid)
-        self.proc.kill()
-        self.proc.wait()
+        self._kill()
         deadline = time.monotonic() + START_LIMIT
         while any(_alive(pid) for pid in children):
             if time.monotonic() > deadline:
@@ -257,14 +287,7 @@ class PgServer:
 
     def stop(self, mode: str = "fast") -> None:
         """Shut down: ``fast`` (SIGINT: roll back sessions, checkpoint) or ``immediate``."""
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
-        try:
-            self.proc.wait(START_LIMIT)
-        except subprocess.TimeoutExpired:
-            self.kill9()
+        self._end(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
 
     def restart(self, mode: str = "fast") -> None:
         """Stop (``fast``/``immediate``) or kill (``kill9``), then start again at once."""
@@ -301,7 +324,7 @@ def pg_server(password: str | None = None) -> Iterator[PgServer]:
 
 
 @dataclass
-class NatsServer:
+class NatsServer(_Process):
     """One `nats-server` with JetStream, its store in `store` (module docstring)."""
 
     binary: str
@@ -309,7 +332,6 @@ class NatsServer:
     port: int
     name: str = "n0"
     extra: Sequence[str] = ()
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -321,62 +343,21 @@ class NatsServer:
 
     def start(self, wait: bool = True) -> None:
         """Start the server; with `wait`, return once its client port answers."""
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "-a",
-                    LOOPBACK,
-                    "-p",
-                    str(self.port),
-                    "-n",
-                    self.name,
-                    "-js",
-                    "-sd",
-                    str(self.store),
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv = [self.binary, "-a", LOOPBACK, "-p", str(self.port), "-n", self.name, "-js"]
+        self._spawn([*argv, "-sd", str(self.store), *self.extra])
         if wait:
             self.wait_listening()
 
     def wait_listening(self) -> None:
-        deadline = time.monotonic() + START_LIMIT
-        while not _listening(self.port):
-            assert self.proc is not None
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nats-server {self.name} did not start: {self.tail()}")
-            time.sleep(0.02)
-
-    def tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        self._wait_until(lambda: _listening(self.port), f"nats-server {self.name}")
 
     def kill9(self) -> None:
         """SIGKILL the server (no chance to flush or say goodbye)."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
+        self._kill()
 
     def stop(self) -> None:
         """Graceful shutdown (SIGTERM)."""
-        if not self.running:
-            return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(START_LIMIT)
-        except subprocess.TimeoutExpired:
-            self.kill9()
+        self._end(signal.SIGTERM)
 
     def restart(self, mode: str = "stop") -> None:
         """Stop (``stop``) or kill (``kill9``), then start again on the same port and store."""

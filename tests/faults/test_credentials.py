@@ -19,7 +19,7 @@ from projector import NatsEventSink, PostgresEventSink, ProjectorError
 from projector.bridge import Bridge, BridgeConfig
 from projector.jetstream import connect
 from projector.projection import Projector
-from tests.faults.harness import cli_process, run_cli, stored_count, workload
+from tests.faults.harness import consume_process, run_cli, stored_count, workload
 from tests.faults.servers import NatsServer, PgServer, free_port, nats_server, pg_server
 from tests.natsutil import unique_names, wait_for
 
@@ -142,9 +142,7 @@ async def test_nats_credentials_stay_out_of_reconnect_warnings(
         url, stream=names.stream, subject_prefix=names.prefix, create_stream=True
     ) as sink:
         await sink.emit_many(first)
-    argv = ["-v", "consume", "--nats-url", url, "--stream", names.stream]
-    argv += ["--subject-prefix", names.prefix, "--durable", names.durable, "--log-interval", "0.5"]
-    async with cli_process(fault_db, *argv) as consume:
+    async with consume_process(fault_db, url, names, "--log-interval", "0.5") as consume:
 
         async def stored(n: int) -> bool:
             return await stored_count(fault_db) >= n

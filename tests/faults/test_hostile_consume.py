@@ -26,14 +26,13 @@ from projector.jetstream import ensure_stream
 from tests.faults.harness import (
     assert_state_equals_views,
     assert_stored_exactly,
-    cli_process,
+    consume_process,
     in_thread,
     keys,
     stored_count,
     workload,
 )
 from tests.faults.servers import NatsServer, PgServer
-from tests.faults.test_process_faults import consume_args
 from tests.natsutil import Names, unique_names, wait_for
 
 pytestmark = pytest.mark.slow
@@ -107,12 +106,12 @@ async def test_hostile_messages_through_consume_under_restarts(
     events = workload(300) + terminal_hostile_events()
     hostile = await publish_mixed(own_nats.url, names, events)
     assert len(hostile) > len(HOSTILE)
-    async with cli_process(fault_db, *consume_args(own_nats, names)) as first:
+    async with consume_process(fault_db, own_nats.url, names) as first:
         await wait_for(lambda: at_least(fault_db, 1500), "the bridge to store the first events")
         await in_thread(pg.restart, "fast")
         await wait_for(lambda: at_least(fault_db, 3000), "the bridge to go on after PostgreSQL")
         await first.kill9()
-    async with cli_process(fault_db, *consume_args(own_nats, names)) as second:
+    async with consume_process(fault_db, own_nats.url, names) as second:
         await wait_for(lambda: at_least(fault_db, 4000), "the second bridge to go on")
         await in_thread(own_nats.restart, "kill9")
         await wait_for(lambda: at_least(fault_db, len(events)), "every event to be stored")

@@ -22,14 +22,13 @@ from projector.jetstream import StreamLimits
 from tests.faults.harness import (
     assert_state_equals_views,
     assert_stored_exactly,
-    cli_process,
+    consume_process,
     in_thread,
     keys,
     stored_count,
     workload,
 )
 from tests.faults.servers import NatsServer, nats_cluster
-from tests.faults.test_process_faults import consume_args
 from tests.natsutil import Names, unique_names, wait_for
 
 pytestmark = pytest.mark.slow
@@ -117,7 +116,7 @@ async def test_node_killed_mid_stream_loses_nothing(
     publisher = asyncio.create_task(
         publish_through_faults(publisher_node.url, names, events, acked, go_on)
     )
-    async with cli_process(fault_db, *consume_args(bridge_node, names)) as consume:
+    async with consume_process(fault_db, bridge_node.url, names) as consume:
 
         async def midway() -> bool:
             return await stored_count(fault_db) >= 2000

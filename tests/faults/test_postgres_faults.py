@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 
-import psycopg
 import pytest
 
 from projector import NatsEventSink, PostgresEventSink
@@ -19,8 +18,10 @@ from tests.faults.harness import (
     assert_state_equals_views,
     assert_stored_exactly,
     cli_process,
+    consume_process,
     in_thread,
     keys,
+    projected_count,
     stored_count,
     workload,
 )
@@ -30,19 +31,6 @@ from tests.natsutil import unique_names, wait_for
 pytestmark = pytest.mark.slow
 
 MODES = ["kill9", "fast"]
-
-
-async def executions_projected(url: str) -> int:
-    """Rows of noetl.execution_state (0 while the database is down)."""
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=2
-        ) as conn:
-            cur = await conn.execute("SELECT count(*) FROM noetl.execution_state")
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
-    except psycopg.OperationalError:
-        return 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -118,20 +106,20 @@ async def test_project_survives_postgres(pg: PgServer, fault_db: str, mode: str)
         ) as project:
 
             async def first_projected() -> bool:
-                return await executions_projected(fault_db) == 50
+                return await projected_count(fault_db) == 50
 
             await wait_for(first_projected, "the projector to catch up on the first events")
             await sink.emit_many(backlog)  # the projector works through it in chunks of 500
 
             async def busy() -> bool:
-                return await executions_projected(fault_db) > 50
+                return await projected_count(fault_db) > 50
 
             await wait_for(busy, "the projector to start on the backlog")
             await in_thread(pg.restart, mode)
             await sink.emit_many(after)
 
             async def all_projected() -> bool:
-                return await executions_projected(fault_db) == 700
+                return await projected_count(fault_db) == 700
 
             # The same process reconnects and projects what came before and after the fault.
             await wait_for(all_projected, "the projector to recover and catch up")
@@ -154,27 +142,9 @@ async def test_consume_survives_postgres(
     ) as publisher:
         for start in range(0, len(events), 1000):
             await publisher.emit_many(events[start : start + 1000])
-    argv = [
-        "consume",
-        "--nats-url",
-        own_nats.url,
-        "--stream",
-        names.stream,
-        "--subject-prefix",
-        names.prefix,
-        "--durable",
-        names.durable,
-        "--batch",
-        "200",
-        "--ack-wait",
-        "5",
-        # Shorter than the outage at times: then the bridge naks the batch and backs off.
-        "--db-retry-for",
-        "1",
-        "--until-empty",
-        "--json",
-    ]
-    async with cli_process(fault_db, *argv) as consume:
+    # --db-retry-for shorter than the outage at times: then the bridge naks and backs off.
+    extra = ("--ack-wait", "5", "--db-retry-for", "1", "--until-empty", "--json")
+    async with consume_process(fault_db, own_nats.url, names, *extra) as consume:
 
         async def midway() -> bool:
             return await stored_count(fault_db) >= 1000

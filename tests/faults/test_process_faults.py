@@ -11,7 +11,6 @@ import asyncio
 import signal
 from collections.abc import Sequence
 
-import psycopg
 import pytest
 
 from projector import ExecutorEvent, NatsEventSink, PostgresEventSink, ProjectorError
@@ -19,8 +18,10 @@ from tests.faults.harness import (
     assert_state_equals_views,
     assert_stored_exactly,
     cli_process,
+    consume_process,
     in_thread,
     keys,
+    projected_count,
     stored_count,
     workload,
 )
@@ -28,28 +29,6 @@ from tests.faults.servers import NatsServer
 from tests.natsutil import Names, unique_names, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def consume_args(nats: NatsServer, names: Names, *extra: str) -> list[str]:
-    # A short ack wait: what a killed bridge held unacknowledged comes back quickly.
-    return [
-        "consume",
-        "--nats-url",
-        nats.url,
-        "--stream",
-        names.stream,
-        "--subject-prefix",
-        names.prefix,
-        "--durable",
-        names.durable,
-        "--batch",
-        "100",
-        "--ack-wait",
-        "2",
-        "--log-interval",
-        "0",
-        *extra,
-    ]
 
 
 async def publish(url: str, names: Names, events: Sequence[ExecutorEvent]) -> None:
@@ -80,7 +59,7 @@ async def test_consume_survives_nats(fault_db: str, own_nats: NatsServer, mode: 
     names = unique_names()
     before, after = workload(500, "b"), workload(100, "a")
     await publish(own_nats.url, names, before)
-    async with cli_process(fault_db, *consume_args(own_nats, names)) as consume:
+    async with consume_process(fault_db, own_nats.url, names) as consume:
         await at_least(fault_db, 1000)
         assert await stored_count(fault_db) < len(before), "the bridge finished before the fault"
         await in_thread(own_nats.restart, mode)
@@ -100,25 +79,18 @@ async def test_kill_9_of_consume_again_and_again(fault_db: str, own_nats: NatsSe
     await publish(own_nats.url, names, events)
     progress = 0
     for _ in range(3):
-        async with cli_process(fault_db, *consume_args(own_nats, names)) as victim:
+        async with consume_process(fault_db, own_nats.url, names) as victim:
             progress = await stored_count(fault_db) + 1500
             await at_least(fault_db, progress)
             await victim.kill9()
         assert victim.proc.returncode == -signal.SIGKILL
     assert await stored_count(fault_db) < len(events), "the bridges finished before the last kill"
-    async with cli_process(
-        fault_db, *consume_args(own_nats, names, "--until-empty", "--json")
+    async with consume_process(
+        fault_db, own_nats.url, names, "--until-empty", "--json"
     ) as survivor:
         assert await survivor.finish() == 0, survivor.err
     await assert_stored_exactly(fault_db, keys(events))
     await assert_state_equals_views(fault_db)
-
-
-async def _projected(url: str) -> int:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute("SELECT count(*) FROM noetl.execution_state")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 async def test_kill_9_of_project_while_events_arrive(fault_db: str) -> None:
@@ -137,15 +109,15 @@ async def test_kill_9_of_project_while_events_arrive(fault_db: str) -> None:
             async with cli_process(
                 fault_db, "project", "--max-events", "200", "--poll-interval", "0.1"
             ) as victim:
-                seen = await _projected(fault_db)
+                seen = await projected_count(fault_db)
 
                 async def progressed(seen: int = seen) -> bool:
-                    return await _projected(fault_db) > seen
+                    return await projected_count(fault_db) > seen
 
                 await wait_for(progressed, "the projector to project something")
                 await victim.kill9()
             assert victim.proc.returncode == -signal.SIGKILL
         await writer
-    assert await _projected(fault_db) < 1200, "the projector caught up before the last kill"
+    assert await projected_count(fault_db) < 1200, "the projector caught up before the last kill"
     await assert_stored_exactly(fault_db, keys([e for wave in waves for e in wave]))
     await assert_state_equals_views(fault_db)
