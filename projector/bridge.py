@@ -343,7 +343,9 @@ class Bridge:
             else:
                 if delivered > 1:
                     redelivered += 1
-            append(RawEnvelope(data, source="nats:" + subject.decode(), position=sequence))
+            # A subject is any bytes but white space, not always UTF-8: kept with \x escapes.
+            source = "nats:" + subject.decode("utf-8", "backslashreplace")
+            append(RawEnvelope(data, source=source, position=sequence))
         self.stats.redelivered += redelivered
         keepalive = asyncio.create_task(self._keep_in_progress(puller, msgs))
         try:
@@ -383,7 +385,7 @@ class Bridge:
             log.warning(
                 "rejected message %s on %s: %s",
                 items[rejection.position].position,
-                msgs[rejection.position][0].decode(),
+                items[rejection.position].source,
                 rejection.reason,
             )
         for execution_id, event_id in result.conflict_ids:

@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .backoff import Backoff
 from .errors import ConfigurationError, DatabaseUnavailable, translate
+from .redact import redact, remember
 from .settings import Settings, settings
 
 __all__ = [
@@ -245,7 +246,7 @@ def embedded_server(data_dir: Path | None = None, *, keep_running: bool = False)
         log.info("the embedded PostgreSQL did not start", exc_info=True)
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {data_dir} (its log: {data_dir / 'log'}; "
-            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}); set "
+            f"{type(exc).__name__}: {' '.join(redact(str(exc)).split())[:300]}); set "
             "PROJECTOR_DATABASE_URL (or --database-url) to use a server of your own"
         ) from exc
     try:
@@ -279,9 +280,10 @@ def database_url(explicit: str | None = None) -> str | None:
     url = explicit or settings().database_url
     if url is None:
         return None
+    remember(url)  # its password never appears in a message (projector.redact)
     if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         raise ConfigurationError(
-            f"database URL {url!r} must start with postgresql:// (for example "
+            f"database URL {redact(url)!r} must start with postgresql:// (for example "
             "postgresql://postgres@127.0.0.1:5432/postgres)"
         )
     return url.replace("postgresql+psycopg://", "postgresql://", 1)

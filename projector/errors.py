@@ -14,6 +14,8 @@ from typing import Any, TypeVar, cast
 import psycopg
 from psycopg import errors as pgerrors
 
+from .redact import redact
+
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
@@ -129,9 +131,10 @@ def translate(exc: BaseException) -> ProjectorError:
     if inner is not exc:
         return translate(inner)
     err: ProjectorError
+    detail = redact(str(exc).strip())  # a driver may quote the URL, or a piece of it
     if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
         # Not a driver error: a malformed URL, a missing dialect, a misused engine.
-        err = ConfigurationError(f"database error: {str(exc).strip()}")
+        err = ConfigurationError(f"database error: {detail}")
     elif isinstance(
         exc, pgerrors.UndefinedTable | pgerrors.InvalidSchemaName | pgerrors.UndefinedFunction
     ):
@@ -145,9 +148,9 @@ def translate(exc: BaseException) -> ProjectorError:
             "PROJECTOR_DATABASE_URL right?"
         )
     elif is_transient(exc):
-        err = DatabaseUnavailable(f"PostgreSQL is unavailable: {str(exc).strip()}")
+        err = DatabaseUnavailable(f"PostgreSQL is unavailable: {detail}")
     else:
-        err = ProjectorError(f"database error: {str(exc).strip()}")
+        err = ProjectorError(f"database error: {detail}")
     err.__cause__ = exc
     return err
 

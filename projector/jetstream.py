@@ -46,6 +46,7 @@ import nats.js.errors
 from nats.js import api
 
 from .errors import ConfigurationError, NatsUnavailable, ProjectorError, PublishRejected
+from .redact import redact, remember
 from .settings import Settings
 
 __all__ = [
@@ -200,10 +201,11 @@ async def _log_reconnected() -> None:
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
     """Connect to NATS (reconnecting forever after a first success); errors become ours."""
     client: list[Any] = []
+    shown = redact(remember(url))  # messages name the server, never its credentials
 
     async def _log_disconnected() -> None:
         if client and not client[0].is_closed:  # closing on purpose also "disconnects"
-            log.warning("NATS connection to %s lost; reconnecting", url)
+            log.warning("NATS connection to %s lost; reconnecting", shown)
 
     try:
         nc = await nats.connect(
@@ -221,7 +223,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
         )
     except Exception as exc:
         raise NatsUnavailable(
-            f"could not connect to NATS at {url}: {exc or type(exc).__name__}; is nats-server "
+            f"could not connect to NATS at {shown}: {exc or type(exc).__name__}; is nats-server "
             "running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
         ) from exc
     nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever

@@ -43,6 +43,7 @@ from ..errors import (
     UnknownExecution,
     translating,
 )
+from ..redact import redact
 from ..settings import settings
 from . import (
     db_commands,
@@ -52,6 +53,7 @@ from . import (
     options,
     project_commands,
     psql_commands,
+    safe,
     status_commands,
 )
 
@@ -205,7 +207,9 @@ def exit_code(exc: ProjectorError) -> ExitCode:
 
 def _error(message: str) -> None:
     """Print `message` as the one line ``projector: error: ...`` (in a single write)."""
-    sys.stderr.write(f"projector: error: {' '.join(message.split())}\n")
+    # One line: credentials redacted, producer text unable to drive the terminal.
+    line = " ".join(safe.escape(redact(message), newlines=True).split())
+    sys.stderr.write(f"projector: error: {line}\n")
     sys.stderr.flush()
 
 
@@ -256,6 +260,7 @@ def _execute(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, return its exit status (errors: one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    safe.guard_logging()  # log lines: credentials redacted, control characters escaped
     try:
         parser = build_parser()
         own, passthrough = _split_passthrough(argv)

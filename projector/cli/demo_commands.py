@@ -15,6 +15,7 @@ from ..envelope import ExecutorEvent
 from ..ingest import ingest
 from ..pgsink import PostgresEventSink
 from ..projection import connect
+from .safe import text
 from .status_commands import output_console, print_status_tables
 
 SAMPLES = ("success", "retried", "failed")
@@ -59,16 +60,16 @@ async def demo(args: argparse.Namespace, db: str) -> int:
     execution_ids = _execution_ids()
     async with await connect(db) as conn:
         for execution_id in execution_ids:
-            table = Table(title=f"execution {execution_id}", title_justify="left")
+            table = Table(title=text(f"execution {execution_id}"), title_justify="left")
             for column in ("created_at", "event_type", "step", "status", "worker"):
                 table.add_column(column)
             for e in await readmodel.history(conn, execution_id):
                 table.add_row(
                     e.created_at.strftime("%H:%M:%S.%f")[:-3],
-                    e.event_type,
-                    e.step,
-                    e.status or "",
-                    e.worker_id or "",
+                    text(e.event_type),
+                    text(e.step),
+                    text(e.status),
+                    text(e.worker_id),
                 )
             console.print(table)
     console.print("[bold]step status[/bold] (from the noetl.step_status view)")

@@ -19,6 +19,7 @@ from ..batch import BatchResult, Item
 from ..ingest import IngestReport, ingest
 from ..pgsink import PostgresEventSink
 from . import options
+from .safe import escape
 
 #: Files at least this large get a progress bar when stderr is a terminal.
 PROGRESS_MIN_BYTES = 1 << 20
@@ -46,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def print_report(report: IngestReport, source: str, as_json: bool) -> None:
+    source = escape(source)  # a file name, and reasons quoting the input: shown, never obeyed
     for where, reason in report.rejected_at[:MAX_LISTED]:
-        print(f"{source}:{where}: rejected: {reason}", file=sys.stderr)
+        print(f"{source}:{where}: rejected: {escape(reason)}", file=sys.stderr)
     if len(report.rejected_at) > MAX_LISTED:
         print(
             f"{source}: ... and {len(report.rejected_at) - MAX_LISTED} more rejected "

@@ -20,6 +20,7 @@ import sys
 from ..bridge import Bridge, BridgeConfig
 from ..errors import ConfigurationError
 from ..jetstream import StreamLimits, connect, ensure_stream
+from ..redact import redact
 from ..settings import Settings, settings
 
 __all__ = ["register"]
@@ -31,7 +32,10 @@ def _add_nats_options(parser: argparse.ArgumentParser, config: Settings) -> None
     parser.add_argument(
         "--nats-url",
         default=config.nats_url,
-        help="NATS server (env PROJECTOR_NATS_URL; default %(default)s)",
+        # The default as --help shows it: a password in PROJECTOR_NATS_URL stays out of it.
+        help="NATS server (env PROJECTOR_NATS_URL; default "
+        + redact(config.nats_url).replace("%", "%%")
+        + ")",
     )
     parser.add_argument(
         "--stream",
