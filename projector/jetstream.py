@@ -104,14 +104,18 @@ def subject_for(execution_id: str, prefix: str = DEFAULT_SUBJECT_PREFIX) -> str:
     return f"{prefix}.{subject_token(execution_id)}"
 
 
-def msg_id(execution_id: str, event_id: str) -> str:
-    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>``.
+def msg_id(execution_id: str, event_id: str, payload: bytes) -> str:
+    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>.<content hash>``.
 
     JetStream deduplicates by message id across the whole stream, while event ids are unique only
     within an execution (the table's key is the pair), so the id carries both; escaping keeps it
-    injective and free of characters a header value cannot hold.
+    injective and free of characters a header value cannot hold. The content hash (32 hex digits
+    of the BLAKE2b-128 of the published `payload`) makes a re-publish of the same envelope a
+    duplicate for the broker, while an id reused with other content passes the broker and is
+    reported as a conflict by the bridge's sink.
     """
-    return f"{subject_token(execution_id)}.{subject_token(event_id)}"
+    digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return f"{subject_token(execution_id)}.{subject_token(event_id)}.{digest}"
 
 
 def check_prefix(prefix: str) -> str:
