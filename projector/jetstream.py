@@ -25,11 +25,15 @@ joined by a dot, because event ids need only be unique within their execution.
 Stream
 ------
 :func:`ensure_stream` creates the stream (default ``NOETL_EVENTS`` over ``noetl.events.>``) with
-the limits in :class:`StreamLimits`: file storage, work-queue retention (a message leaves the stream
-once the bridge acknowledges it: PostgreSQL holds the history, the stream is only the buffer),
-``discard=new`` (a full stream refuses publishes, so producers see an error instead of old events
-silently disappearing), ``max_age`` 7 days, ``max_bytes`` 1 GiB and a 2-minute duplicate window
-for the ``Nats-Msg-Id`` header. An existing stream is left as it is.
+the limits in :class:`StreamLimits`: file storage, limits retention (messages stay until
+``max_age`` / ``max_bytes``, whoever has read them, so upstream noetl's own per-shard consumers can
+attach to the same subjects beside the bridge's durable consumer, which alone decides what the
+bridge has stored), ``discard=new`` (a full stream refuses publishes, so producers see an error
+instead of old events silently disappearing), ``max_age`` 7 days, ``max_bytes`` 1 GiB and a
+2-minute duplicate window for the ``Nats-Msg-Id`` header. An existing stream is left as it is;
+:func:`stream_differences` says how it differs from what would be created. The bridge reads any
+stream with the events' subjects as it is (upstream's ``NOETL_EVENTS``: limits retention, subjects
+``noetl.events.<tenant>.<org>.<execution_id>.<shard>``, no ``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ __all__ = [
     "connect",
     "ensure_stream",
     "msg_id",
+    "stream_differences",
     "subject_for",
     "subject_token",
     "translate_nats",
@@ -135,7 +140,8 @@ class StreamLimits:
     max_age: float = 7 * 24 * 3600.0
     max_bytes: int = 1 << 30
     duplicate_window: float = 120.0
-    work_queue: bool = True
+    #: Work-queue retention (only one consumer may read each subject) instead of limits.
+    work_queue: bool = False
 
     def config(self, name: str, subjects: list[str]) -> api.StreamConfig:
         """The JetStream configuration for a stream `name` over `subjects`."""
@@ -176,6 +182,44 @@ async def ensure_stream(
         raise translate_nats(exc, f"creating stream {stream!r}") from exc
     log.info("created JetStream stream %s over %s.>", stream, subject_prefix)
     return True
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if not value else f"{value:g} s"
+
+
+async def stream_differences(
+    js: Any,
+    stream: str = DEFAULT_STREAM,
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
+    limits: StreamLimits | None = None,
+) -> list[str]:
+    """How the existing `stream` differs from what :func:`ensure_stream` would create, one line
+    per setting (``setting: stream has X, asked for Y``); empty when it matches."""
+    try:
+        info = await js.stream_info(stream)
+    except Exception as exc:
+        raise translate_nats(exc, f"looking up stream {stream!r}") from exc
+    have = info.config
+    want = (limits or StreamLimits()).config(stream, [f"{subject_prefix}.>"])
+    shown = {
+        "subjects": (sorted(have.subjects or []), sorted(want.subjects or [])),
+        "retention": (_name(have.retention), _name(want.retention)),
+        "storage": (_name(have.storage), _name(want.storage)),
+        "discard": (_name(have.discard), _name(want.discard)),
+        "max_age": (_seconds(have.max_age), _seconds(want.max_age)),
+        "max_bytes": (have.max_bytes, want.max_bytes),
+        "duplicate_window": (_seconds(have.duplicate_window), _seconds(want.duplicate_window)),
+    }
+    return [
+        f"{name}: the stream has {found}, `nats init` would create {wanted}"
+        for name, (found, wanted) in shown.items()
+        if found != wanted
+    ]
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 async def require_stream(js: Any, stream: str) -> None:
