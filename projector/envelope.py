@@ -311,10 +311,12 @@ class ExecutorEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
-    execution_id: Annotated[str, PlainValidator(_execution_id)] = Field(
-        description="Execution id; integers are kept exactly (`IntegerId`)."
-    )
-    event_id: Annotated[str | None, PlainValidator(_event_id)] = Field(
+    execution_id: Annotated[
+        str, PlainValidator(_execution_id, json_schema_input_type=str | int)
+    ] = Field(description="Execution id; integers are kept exactly (`IntegerId`).")
+    event_id: Annotated[
+        str | None, PlainValidator(_event_id, json_schema_input_type=str | int | None)
+    ] = Field(
         default=None,
         description="Producer's event id; derived from the content by the sinks when absent.",
     )

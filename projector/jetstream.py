@@ -19,8 +19,9 @@ SHA-256 (``%H`` never appears in an escaped id, so such tokens cannot collide wi
 
 Message ids
 -----------
-The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above and
-joined by a dot, because event ids need only be unique within their execution.
+The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above, and
+the content hash of the published bytes, joined by dots: event ids need only be unique within their
+execution, and only a re-publish of the same envelope is a duplicate for the broker.
 
 Stream
 ------

@@ -2,10 +2,11 @@
 
 Each envelope is published as the same JSON bytes `StdoutEventSink` writes (without the newline) to
 ``<subject_prefix>.<execution id token>`` (see :mod:`projector.jetstream`), with the
-``Nats-Msg-Id`` header set to the event's id (execution id and event id, escaped, since event ids
-are unique only per execution): JetStream drops a re-publish of the same event within
-the stream's duplicate window (2 minutes by default), and the bridge's idempotent PostgreSQL sink
-drops the rest. `emit` returns only after JetStream acknowledged the publish; a publish that is not
+``Nats-Msg-Id`` header set to the event's key and content (execution id and event id, escaped,
+since event ids are unique only per execution, and the hash of the published bytes,
+:func:`projector.jetstream.msg_id`): JetStream drops a re-publish of the same envelope within the
+stream's duplicate window (2 minutes by default), the bridge's idempotent PostgreSQL sink drops the
+rest, and an id reused with other content reaches the sink, which reports the conflict. `emit` returns only after JetStream acknowledged the publish; a publish that is not
 acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
 :class:`~projector.errors.PublishRejected` when JetStream refuses) and may be emitted again safely.
 
