@@ -7,7 +7,8 @@ since event ids are unique only per execution, and the hash of the published byt
 :func:`projector.jetstream.msg_id`): JetStream drops a re-publish of the same envelope within the
 stream's duplicate window (2 minutes by default), the bridge's idempotent PostgreSQL sink drops the
 rest, and an id reused with other content reaches the sink, which reports the conflict. `emit`
-returns only after JetStream acknowledged the publish; a publish that is not acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
+returns only after JetStream acknowledged the publish; a publish that is not acknowledged raises
+(:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
 :class:`~projector.errors.PublishRejected` when JetStream refuses) and may be emitted again safely.
 
 `emit_many` is pipelined: the ``HPUB`` lines of the whole list go out in a few buffers, each with
