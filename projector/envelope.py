@@ -654,12 +654,20 @@ def _parse_canonical(
     ):
         return None, d
     context = d.get("context", {})
-    # What `_storable` checks: numbers out of float range parse as infinities (JSON has no NaN),
-    # integers beyond 64 bits need the exact path; either makes `_plain_json` say "look closer".
-    if not _plain_json(context) or (meta is not None and not _plain_json(meta)):
-        return None, d
-    if _duplicate_key(data, d) is not None:
-        return None, d
+    # Text that is exactly orjson's serialisation of what it parsed to (what the sinks write)
+    # holds no duplicate key, and without a `null` it holds nothing `_storable` would refuse:
+    # one serialisation settles both. Otherwise, what `_storable` checks (numbers out of float
+    # range parse as infinities, integers beyond 64 bits need the exact path: either makes
+    # `_plain_json` say "look closer"), then the duplicate keys the slow way.
+    try:
+        verbatim = orjson.dumps(d) == data
+    except (TypeError, orjson.JSONEncodeError):
+        verbatim = False
+    if not verbatim or b"null" in data:
+        if not _plain_json(context) or (meta is not None and not _plain_json(meta)):
+            return None, d
+        if not verbatim and _duplicate_key(data, None) is not None:
+            return None, d
     try:
         when = datetime.fromisoformat(created_at)
     except ValueError:
