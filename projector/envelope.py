@@ -540,7 +540,7 @@ class Occurrences:
         key = (fingerprint & 0xFFFF_FFFF_FFFF_FFFF) | 1  # 0 marks an empty slot
         slots = self._slots
         mask = len(slots) - 1
-        i = key & mask
+        i = (key >> 1) & mask  # the low bit is always set
         while True:
             found = slots[i]
             if found == 0:
@@ -561,7 +561,7 @@ class Occurrences:
         mask = len(slots) - 1
         for key in old:
             if key:
-                i = key & mask
+                i = (key >> 1) & mask
                 while slots[i]:
                     i = (i + 1) & mask
                 slots[i] = key
