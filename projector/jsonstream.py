@@ -11,9 +11,10 @@ What `projector ingest` reads and what a NATS message may hold, one shape at a t
   counted through the whole input (the n-th envelope found is element n).
 
 An object is a wrapper when it has ``result`` or ``events`` holding an array, or ``event`` holding
-an object, before any ``event_type`` / ``name`` / ``execution_id`` key (every envelope has one of
-those). Input whose first non-blank line is a complete JSON object is NDJSON; input that starts with
-``[``, or with an object spread over several lines (or longer than the line limit), is a document.
+an object, before any of the envelope's own fields or their aliases (``status`` excepted: API
+exports carry one). Input whose first non-blank line is a complete JSON object is NDJSON; input
+that starts with ``[``, or with an object spread over several lines (or longer than the line
+limit), is a document.
 A UTF-8 byte-order mark at the start is skipped.
 
 Every item is handed out as its exact bytes (:class:`Piece`), so an array element is validated,
@@ -53,7 +54,26 @@ _RUN = re.compile(rb'[^"\[\]{}]*+(?:"[^"\\]*+(?:\\.[^"\\]*+)*+"[^"\[\]{}]*+)*+',
 _STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
 _SCALAR = re.compile(rb"[^,\]}\s]*+")
 _WRAPPERS = {b"result": b"[", b"events": b"[", b"event": b"{"}
-_ENVELOPE_KEYS = frozenset({b"event_type", b"name", b"execution_id"})
+# An envelope's own fields and their aliases (`status` excepted: API exports carry one).
+_ENVELOPE_KEYS = frozenset(
+    {
+        b"execution_id",
+        b"event_id",
+        b"event_type",
+        b"name",
+        b"step",
+        b"node_name",
+        b"node_id",
+        b"created_at",
+        b"event_time",
+        b"timestamp",
+        b"context",
+        b"payload",
+        b"worker_id",
+        b"meta",
+    }
+)
+_FIRST_KEY = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"([^"\\]*)"')
 
 
 @dataclass(frozen=True)
@@ -366,10 +386,14 @@ def _document(src: _Source) -> Iterator[Piece]:
 def split(data: bytes) -> list[bytes] | None:
     """The envelopes of one wrapper object in `data` (a line, a NATS message), as exact bytes;
     None when `data` is not a wrapper (an envelope, or anything else)."""
-    start = _SKIP_WS.match(data).end()  # type: ignore[union-attr]
-    if not data.startswith(b"{", start) or not (
-        b'"events"' in data or b'"event"' in data or b'"result"' in data
-    ):
+    # Cheap answers first (this runs once per NATS message): an object whose first key is an
+    # envelope's is not a wrapper, nor is one that names no wrapper key anywhere.
+    if data.startswith(b'{"execution_id"'):  # the sinks' and the Rust crate's field order
+        return None
+    first = _FIRST_KEY.match(data)
+    if first is None or first.group(1) in _ENVELOPE_KEYS:
+        return None
+    if not (b'"events"' in data or b'"event"' in data or b'"result"' in data):
         return None
     parts = [data]
     src = _Source(lambda _n: parts.pop() if parts else b"", None)
