@@ -9,6 +9,12 @@ stored result is exactly once:
   and logged, the stored row kept): ``ack``;
 * not a valid envelope: stored in ``noetl.event_rejected`` (raw bytes, ``nats:<subject>`` as
   source, the stream sequence as position, the reason) in the same transaction, then ``term``;
+* a message may carry many events, as upstream's publisher sends them (``{"events": [...]}``,
+  ``{"event": {...}}``, see :func:`projector.jsonstream.split`): every event is stored and the
+  message is acknowledged once all are committed; an invalid one is rejected with the message's
+  sequence as position and ``event k of n:`` in its reason (the message is termed only when none
+  of its events could be stored). Identical id-less events of one message are distinct events
+  (:class:`projector.envelope.Occurrences`, per message);
 * PostgreSQL unavailable after the sink's own retries: no ack; the batch is ``nak``-ed with a delay
   and the bridge backs off (a :class:`~projector.backoff.Backoff`: 1 s doubling to 30 s, reset by
   the next success; the current delay is also the ``nak`` delay) and goes on; while a batch is
@@ -43,7 +49,9 @@ import nats.js.errors
 from nats.js import api
 
 from .backoff import Backoff
+from .envelope import Occurrences
 from .errors import DatabaseUnavailable, ProjectorError
+from .ingest import envelope_of
 from .jetstream import (
     DEFAULT_DURABLE,
     DEFAULT_NATS_URL,
@@ -55,6 +63,7 @@ from .jetstream import (
     require_stream,
     translate_nats,
 )
+from .jsonstream import Piece, Position, split
 from .jspull import ACK, PROGRESS, TERM, PullConsumer, Pulled, ack_info, nak_payload
 from .pgsink import PostgresEventSink, RawEnvelope
 
@@ -333,9 +342,11 @@ class Bridge:
         cfg = self.config
         items: list[RawEnvelope] = []
         append = items.append
+        #: The index of the message each item came from, when some message held several.
+        owners: list[int] | None = None
         redelivered = 0
         pending: int | None = None
-        for subject, reply, data in msgs:
+        for m, (subject, reply, data) in enumerate(msgs):
             try:
                 delivered, sequence, pending = ack_info(reply)
             except ValueError:  # not from JetStream's pull API: still stored, no position
@@ -345,7 +356,20 @@ class Bridge:
                     redelivered += 1
             # A subject is any bytes but white space, not always UTF-8: kept with \x escapes.
             source = "nats:" + subject.decode("utf-8", "backslashreplace")
-            append(RawEnvelope(data, source=source, position=sequence))
+            parts = split(data)
+            if parts is None:
+                append(RawEnvelope(data, source=source, position=sequence))
+                if owners is not None:
+                    owners.append(m)
+                continue
+            if owners is None:
+                owners = list(range(len(items)))
+            occurrences = Occurrences()
+            position = Position("element", sequence or 0)
+            for k, part in enumerate(parts, start=1):
+                piece = Piece(position, part, wrapped=(k, len(parts)))
+                append(RawEnvelope(envelope_of(piece, occurrences), source, sequence))
+                owners.append(m)
         self.stats.redelivered += redelivered
         keepalive = asyncio.create_task(self._keep_in_progress(puller, msgs))
         try:
@@ -367,12 +391,24 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         self._backoff.reset()
-        if result.rejected:
-            outcomes = list(zip(msgs, result.outcomes, strict=True))
-            await puller.reply_all([m for m, o in outcomes if o != "rejected"], ACK)
-            await puller.reply_all([m for m, o in outcomes if o == "rejected"], TERM)
-        else:
-            await puller.reply_all(msgs, ACK)
+        if owners is None:  # one event a message
+            if result.rejected:
+                outcomes = list(zip(msgs, result.outcomes, strict=True))
+                await puller.reply_all([m for m, o in outcomes if o != "rejected"], ACK)
+                await puller.reply_all([m for m, o in outcomes if o == "rejected"], TERM)
+            else:
+                await puller.reply_all(msgs, ACK)
+        else:  # a message is termed only when none of its events could be stored
+            stored = [False] * len(msgs)
+            for owner, outcome in zip(owners, result.outcomes, strict=True):
+                stored[owner] = stored[owner] or outcome != "rejected"
+            held = set(owners)
+            await puller.reply_all(
+                [msg for m, msg in enumerate(msgs) if stored[m] or m not in held], ACK
+            )
+            await puller.reply_all(
+                [msg for m, msg in enumerate(msgs) if m in held and not stored[m]], TERM
+            )
         # One round trip makes sure the server has every acknowledgement before we go on.
         with contextlib.suppress(Exception):
             await puller.flush(5)
@@ -382,10 +418,11 @@ class Bridge:
         self.stats.conflicts += result.conflicts
         self.stats.rejected += len(result.rejected)
         for rejection in result.rejected:
+            owner = rejection.position if owners is None else owners[rejection.position]
             log.warning(
                 "rejected message %s on %s: %s",
                 items[rejection.position].position,
-                items[rejection.position].source,
+                msgs[owner][0].decode("utf-8", "backslashreplace"),
                 rejection.reason,
             )
         for execution_id, event_id in result.conflict_ids:

@@ -19,17 +19,22 @@ SHA-256 (``%H`` never appears in an escaped id, so such tokens cannot collide wi
 
 Message ids
 -----------
-The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above and
-joined by a dot, because event ids need only be unique within their execution.
+The ``Nats-Msg-Id`` header is :func:`msg_id`: execution id and event id, both escaped as above, and
+the content hash of the published bytes, joined by dots: event ids need only be unique within their
+execution, and only a re-publish of the same envelope is a duplicate for the broker.
 
 Stream
 ------
 :func:`ensure_stream` creates the stream (default ``NOETL_EVENTS`` over ``noetl.events.>``) with
-the limits in :class:`StreamLimits`: file storage, work-queue retention (a message leaves the stream
-once the bridge acknowledges it: PostgreSQL holds the history, the stream is only the buffer),
-``discard=new`` (a full stream refuses publishes, so producers see an error instead of old events
-silently disappearing), ``max_age`` 7 days, ``max_bytes`` 1 GiB and a 2-minute duplicate window
-for the ``Nats-Msg-Id`` header. An existing stream is left as it is.
+the limits in :class:`StreamLimits`: file storage, limits retention (messages stay until
+``max_age`` / ``max_bytes``, whoever has read them, so upstream noetl's own per-shard consumers can
+attach to the same subjects beside the bridge's durable consumer, which alone decides what the
+bridge has stored), ``discard=new`` (a full stream refuses publishes, so producers see an error
+instead of old events silently disappearing), ``max_age`` 7 days, ``max_bytes`` 1 GiB and a
+2-minute duplicate window for the ``Nats-Msg-Id`` header. An existing stream is left as it is;
+:func:`stream_differences` says how it differs from what would be created. The bridge reads any
+stream with the events' subjects as it is (upstream's ``NOETL_EVENTS``: limits retention, subjects
+``noetl.events.<tenant>.<org>.<execution_id>.<shard>``, no ``Nats-Msg-Id``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "connect",
     "ensure_stream",
     "msg_id",
+    "stream_differences",
     "subject_for",
     "subject_token",
     "translate_nats",
@@ -105,14 +111,18 @@ def subject_for(execution_id: str, prefix: str = DEFAULT_SUBJECT_PREFIX) -> str:
     return f"{prefix}.{subject_token(execution_id)}"
 
 
-def msg_id(execution_id: str, event_id: str) -> str:
-    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>``.
+def msg_id(execution_id: str, event_id: str, payload: bytes) -> str:
+    """The ``Nats-Msg-Id`` of an event: ``<execution id token>.<event id token>.<content hash>``.
 
     JetStream deduplicates by message id across the whole stream, while event ids are unique only
     within an execution (the table's key is the pair), so the id carries both; escaping keeps it
-    injective and free of characters a header value cannot hold.
+    injective and free of characters a header value cannot hold. The content hash (32 hex digits
+    of the BLAKE2b-128 of the published `payload`) makes a re-publish of the same envelope a
+    duplicate for the broker, while an id reused with other content passes the broker and is
+    reported as a conflict by the bridge's sink.
     """
-    return f"{subject_token(execution_id)}.{subject_token(event_id)}"
+    digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return f"{subject_token(execution_id)}.{subject_token(event_id)}.{digest}"
 
 
 def check_prefix(prefix: str) -> str:
@@ -132,7 +142,8 @@ class StreamLimits:
     max_age: float = 7 * 24 * 3600.0
     max_bytes: int = 1 << 30
     duplicate_window: float = 120.0
-    work_queue: bool = True
+    #: Work-queue retention (only one consumer may read each subject) instead of limits.
+    work_queue: bool = False
 
     def config(self, name: str, subjects: list[str]) -> api.StreamConfig:
         """The JetStream configuration for a stream `name` over `subjects`."""
@@ -173,6 +184,44 @@ async def ensure_stream(
         raise translate_nats(exc, f"creating stream {stream!r}") from exc
     log.info("created JetStream stream %s over %s.>", stream, subject_prefix)
     return True
+
+
+def _seconds(value: float | None) -> str:
+    return "none" if not value else f"{value:g} s"
+
+
+async def stream_differences(
+    js: Any,
+    stream: str = DEFAULT_STREAM,
+    subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
+    limits: StreamLimits | None = None,
+) -> list[str]:
+    """How the existing `stream` differs from what :func:`ensure_stream` would create, one line
+    per setting (``setting: stream has X, asked for Y``); empty when it matches."""
+    try:
+        info = await js.stream_info(stream)
+    except Exception as exc:
+        raise translate_nats(exc, f"looking up stream {stream!r}") from exc
+    have = info.config
+    want = (limits or StreamLimits()).config(stream, [f"{subject_prefix}.>"])
+    shown = {
+        "subjects": (sorted(have.subjects or []), sorted(want.subjects or [])),
+        "retention": (_name(have.retention), _name(want.retention)),
+        "storage": (_name(have.storage), _name(want.storage)),
+        "discard": (_name(have.discard), _name(want.discard)),
+        "max_age": (_seconds(have.max_age), _seconds(want.max_age)),
+        "max_bytes": (have.max_bytes, want.max_bytes),
+        "duplicate_window": (_seconds(have.duplicate_window), _seconds(want.duplicate_window)),
+    }
+    return [
+        f"{name}: the stream has {found}, `nats init` would create {wanted}"
+        for name, (found, wanted) in shown.items()
+        if found != wanted
+    ]
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 async def require_stream(js: Any, stream: str) -> None:

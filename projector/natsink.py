@@ -2,11 +2,13 @@
 
 Each envelope is published as the same JSON bytes `StdoutEventSink` writes (without the newline) to
 ``<subject_prefix>.<execution id token>`` (see :mod:`projector.jetstream`), with the
-``Nats-Msg-Id`` header set to the event's id (execution id and event id, escaped, since event ids
-are unique only per execution): JetStream drops a re-publish of the same event within
-the stream's duplicate window (2 minutes by default), and the bridge's idempotent PostgreSQL sink
-drops the rest. `emit` returns only after JetStream acknowledged the publish; a publish that is not
-acknowledged raises (:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
+``Nats-Msg-Id`` header set to the event's key and content (execution id and event id, escaped,
+since event ids are unique only per execution, and the hash of the published bytes,
+:func:`projector.jetstream.msg_id`): JetStream drops a re-publish of the same envelope within the
+stream's duplicate window (2 minutes by default), the bridge's idempotent PostgreSQL sink drops the
+rest, and an id reused with other content reaches the sink, which reports the conflict. `emit`
+returns only after JetStream acknowledged the publish; a publish that is not acknowledged raises
+(:class:`~projector.errors.NatsUnavailable` on time-outs and lost connections,
 :class:`~projector.errors.PublishRejected` when JetStream refuses) and may be emitted again safely.
 
 `emit_many` is pipelined: the ``HPUB`` lines of the whole list go out in a few buffers, each with
@@ -35,7 +37,7 @@ from typing import Any
 import orjson
 
 from . import natswire
-from .envelope import ExecutorEvent, format_timestamp
+from .envelope import DerivedId, ExecutorEvent, IntegerId, format_timestamp
 from .errors import NatsUnavailable, ProjectorError, PublishRejected
 from .jetstream import (
     DEFAULT_NATS_URL,
@@ -60,18 +62,21 @@ EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 WRITE_CHUNK = 256 * 1024
 
 
-def _envelope(event: ExecutorEvent, event_id: str) -> bytes:
+def _envelope(event: ExecutorEvent) -> bytes:
     """`envelope_bytes(event)`, built with orjson (a third of the publisher's time went to
-    pydantic's serializer); the same fields in the same order, absent optional ones left out.
-    Falls back to `envelope_bytes` for anything orjson cannot write (integers beyond 64 bits)."""
+    pydantic's serializer); the same fields in the same order: ids in the JSON type they arrived
+    in, `status` always, absent optional fields and a derived event id left out. Falls back to
+    `envelope_bytes` for anything orjson cannot write (integers beyond 64 bits)."""
+    execution_id = event.execution_id
     data: dict[str, Any] = {
-        "execution_id": event.execution_id,
-        "event_id": event_id,
-        "event_type": event.event_type,
-        "step": event.step,
+        "execution_id": int(execution_id) if type(execution_id) is IntegerId else execution_id
     }
-    if event.status is not None:
-        data["status"] = event.status
+    event_id = event.event_id
+    if event_id is not None and type(event_id) is not DerivedId:
+        data["event_id"] = int(event_id) if type(event_id) is IntegerId else event_id
+    data["event_type"] = event.event_type
+    data["step"] = event.step
+    data["status"] = "" if event.status is None else event.status
     created_at = event.created_at
     # orjson writes what format_timestamp writes (in C, without strftime) for UTC times with
     # microseconds from the year 1000 on; anything else takes format_timestamp.
@@ -255,11 +260,12 @@ class NatsEventSink:
     def _prepare(self, event: ExecutorEvent) -> tuple[str, str, bytes, str]:
         """``(event id, subject, envelope bytes, Nats-Msg-Id)`` of one event."""
         event_id = event.resolved_event_id()
+        data = _envelope(event)
         return (
             event_id,
             self.subject_for(event.execution_id),
-            _envelope(event, event_id),
-            msg_id(event.execution_id, event_id),
+            data,
+            msg_id(event.execution_id, event_id, data),
         )
 
     def _jetstream(self) -> Any:

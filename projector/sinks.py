@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO, runtime_checkable
 
-from .envelope import ExecutorEvent
+from .envelope import ExecutorEvent, IntegerId
 
 __all__ = ["EventEmitter", "EventSink", "NoopSink", "StdoutEventSink", "envelope_bytes"]
 
@@ -24,12 +24,14 @@ class EventSink(Protocol):
 
 
 def envelope_bytes(event: ExecutorEvent) -> bytes:
-    """The wire form of an envelope: its JSON with the (possibly derived) `event_id` filled in.
+    """The wire form of an envelope: `model_dump_json()`, what the Rust structs read.
 
-    `StdoutEventSink` writes these bytes plus a newline, `NatsEventSink` publishes them, and
-    `projector ingest` reads them back; the Rust `ExecutorEvent` deserializes them.
+    Ids are written in the JSON type they arrived in, `status` always (``""`` for none), and an
+    id this project derived is left out: `projector ingest` and the bridge derive the same id from
+    the same bytes. `StdoutEventSink` writes these bytes plus a newline and `NatsEventSink`
+    publishes them.
     """
-    return event.with_event_id().model_dump_json().encode("utf-8")
+    return event.model_dump_json().encode("utf-8")
 
 
 class NoopSink:
@@ -40,7 +42,8 @@ class NoopSink:
 
 
 class StdoutEventSink:
-    """Writes one envelope per line as JSON (NDJSON) to a text stream, stdout by default."""
+    """Writes one envelope per line as JSON (NDJSON, :func:`envelope_bytes`) to a text stream,
+    stdout by default."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -55,7 +58,8 @@ class EventEmitter:
     """Binds an execution id to a sink so call sites pass only what varies (as in the seed)."""
 
     def __init__(self, execution_id: str | int, sink: EventSink, *, worker_id: str | None = None):
-        self.execution_id = str(execution_id)
+        #: An integer id stays one on the wire (:class:`~projector.envelope.IntegerId`).
+        self.execution_id: str = _id(execution_id)
         self.sink = sink
         self.worker_id = worker_id
 
@@ -72,7 +76,7 @@ class EventEmitter:
         """Build an envelope stamped with the current UTC time and emit it."""
         event = ExecutorEvent(
             execution_id=self.execution_id,
-            event_id=None if event_id is None else str(event_id),
+            event_id=None if event_id is None else _id(event_id),
             event_type=event_type,
             step=step,
             status=status,
@@ -82,3 +86,8 @@ class EventEmitter:
             meta=meta,
         )
         return await self.sink.emit(event)
+
+
+def _id(value: str | int) -> str:
+    """An id as the envelope keeps it: an integer as `IntegerId`, so it is written as one."""
+    return value if isinstance(value, str) else IntegerId(value)

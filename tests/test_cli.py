@@ -41,8 +41,10 @@ def test_ingest_reports_bad_lines_and_stores_the_rest(
     out, err = capsys.readouterr()
     assert status == 1
     assert json.loads(out) == {"inserted": 2, "duplicates": 0, "conflicts": 0, "rejected": 2}
-    assert f"{path}:3: rejected:" in err and "event_type" in err
-    assert f"{path}:5: rejected:" not in err and f"{path}:4: rejected: Invalid JSON" in err
+    assert f"{path}:line 3: rejected:" in err and "event_type" in err
+    assert (
+        f"{path}:line 5: rejected:" not in err and f"{path}:line 4: rejected: Invalid JSON" in err
+    )
     assert q(database_url, "SELECT count(*) FROM noetl.event") == [(2,)]
     assert q(database_url, "SELECT position, source FROM noetl.event_rejected ORDER BY id") == [
         (3, str(path)),
@@ -61,7 +63,7 @@ def test_ingest_json_array_and_conflicts(
     array.write_text("[" + GOOD % (1, 1) + "," + GOOD % (2, 2) + ", 5]")
     assert run(["--database-url", database_url, "ingest", str(array)]) == 1
     out, err = capsys.readouterr()
-    assert "2 inserted" in out and f"{array}:3: rejected" in err
+    assert "2 inserted" in out and f"{array}:element 3: rejected" in err
     conflicting = write_lines(tmp_path / "c.ndjson", [(GOOD % (1, 1)).replace("RUNNING", "FAILED")])
     assert run(["--database-url", database_url, "ingest", str(conflicting), "--json"]) == 1
     out, err = capsys.readouterr()

@@ -108,11 +108,12 @@ def test_what_the_sinks_write_takes_the_fast_path(event: ExecutorEvent) -> None:
         event.model_dump_json().encode(),
         json.dumps(event.model_dump(mode="json"), ensure_ascii=False).encode(),
     ):
-        fast = _parse_canonical(ExecutorEvent, raw)
+        fast, _ = _parse_canonical(ExecutorEvent, raw)
         assert fast is not None, raw
         assert fast == ExecutorEvent.model_validate_json(raw)
-        # envelope_bytes writes the derived event id in; the content is the same.
+        # A derived event id is not written: the reader derives the same one.
         assert fast.with_event_id() == event.with_event_id()
+        assert fast.resolved_event_id() == event.resolved_event_id()
 
 
 HEAD = '{"execution_id":"e1","event_id":"1","event_type":"t","step":"s",'

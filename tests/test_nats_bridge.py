@@ -68,8 +68,10 @@ async def test_round_trip_stores_every_event_once(
         original.created_at,
         original.context,
     )
-    # Acknowledged messages leave the work-queue stream.
-    assert (await js.stream_info(names.stream)).state.messages == 0
+    # Limits retention: the messages stay for other readers; the durable consumer is done.
+    assert (await js.stream_info(names.stream)).state.messages == 300
+    consumer = await js.consumer_info(names.stream, names.durable)
+    assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
 
 
 async def test_redelivered_and_already_stored_events_count_as_duplicates(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import nats
 import pytest
@@ -56,6 +57,14 @@ async def _delete_stream(nats_url: str, stream: str) -> None:
         await nc.close()
 
 
+async def _stream_config(url: str, stream: str) -> Any:
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().stream_info(stream)).config
+    finally:
+        await nc.close()
+
+
 def test_nats_init_creates_the_stream_the_environment_names(
     nats_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -70,9 +79,20 @@ def test_nats_init_creates_the_stream_the_environment_names(
             "stream": stream,
             "subjects": f"{prefix}.>",
             "created": True,
+            "differences": [],
         }
         assert run(["nats", "init"]) == ExitCode.OK
         assert "already exists" in capsys.readouterr().out
+        # Asked for other limits, it says what differs and leaves the stream alone (exit 1).
+        assert run(["nats", "init", "--max-age", "86400"]) == 1
+        out = capsys.readouterr().out
+        assert "already exists (left unchanged)" in out
+        assert "differs: max_age: the stream has 604800 s, `nats init` would create 86400 s" in out
+        info = asyncio.run(_stream_config(nats_url, stream))
+        assert info.max_age == 604800 and str(info.retention) in (
+            "limits",
+            "RetentionPolicy.LIMITS",
+        )
     finally:
         asyncio.run(_delete_stream(nats_url, stream))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import timedelta, timezone
 from typing import Any
@@ -70,7 +71,10 @@ async def test_emit_publishes_envelope_bytes_with_msg_id(
     stored = await js.get_msg(names.stream, published.seq)
     assert stored.subject == published.subject
     assert stored.data == envelope_bytes(event)
-    assert stored.headers["Nats-Msg-Id"] == "exec%207%2Ea." + subject_token(published.event_id)
+    digest = hashlib.blake2b(stored.data, digest_size=16).hexdigest()
+    assert stored.headers["Nats-Msg-Id"] == (
+        "exec%207%2Ea." + subject_token(published.event_id) + "." + digest
+    )
 
 
 async def test_republishing_an_event_is_dropped_by_the_broker(
@@ -96,9 +100,11 @@ async def test_same_event_id_in_two_executions_is_not_a_duplicate(
     assert [p.duplicate for p in published] == [False, False]
 
 
-def test_msg_id_is_injective_and_header_safe() -> None:
-    assert msg_id("a.b", "c") != msg_id("a", "b.c")
-    assert msg_id("7", "e\r\nX: y") == "7.e%0D%0AX:%20y"
+def test_msg_id_is_injective_header_safe_and_carries_the_content_hash() -> None:
+    assert msg_id("a.b", "c", b"{}") != msg_id("a", "b.c", b"{}")
+    digest = hashlib.blake2b(b"{}", digest_size=16).hexdigest()
+    assert msg_id("7", "e\r\nX: y", b"{}") == "7.e%0D%0AX:%20y." + digest
+    assert msg_id("7", "e", b'{"a":1}') != msg_id("7", "e", b'{"a":2}')
 
 
 async def test_missing_stream_raises_unless_asked_to_create(nats_url: str, js: Any) -> None:
@@ -119,7 +125,7 @@ async def test_missing_stream_raises_unless_asked_to_create(nats_url: str, js: A
         info = await js.stream_info(stream)
         assert info.config.subjects == [f"{stream}.ev.>"]
         assert info.config.storage == "file"
-        assert info.config.retention == "workqueue"
+        assert info.config.retention == "limits"  # upstream readers may attach too
         assert info.config.discard == "new"
         assert info.config.max_bytes == 10 << 20
         assert info.config.duplicate_window == limits.duplicate_window
@@ -163,7 +169,7 @@ def _varied_events() -> list[ExecutorEvent]:
 
 def test_envelope_bytes_of_the_sink_match_envelope_bytes() -> None:
     for event in _varied_events():
-        assert _envelope(event, event.resolved_event_id()) == envelope_bytes(event)
+        assert _envelope(event) == envelope_bytes(event)
 
 
 async def test_pipelined_emit_many_matches_every_ack_to_its_event(
@@ -182,7 +188,7 @@ async def test_pipelined_emit_many_matches_every_ack_to_its_event(
         stored = await js.get_msg(names.stream, p.seq)
         assert stored.data == envelope_bytes(event)
         assert stored.subject == p.subject == subject_for(event.execution_id, names.prefix)
-        assert stored.headers["Nats-Msg-Id"] == msg_id(event.execution_id, p.event_id)
+        assert stored.headers["Nats-Msg-Id"] == msg_id(event.execution_id, p.event_id, stored.data)
     assert all(p.duplicate for p in again)
     assert [p.seq for p in again] == [p.seq for p in published[::100]]
 

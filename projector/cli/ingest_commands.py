@@ -1,4 +1,4 @@
-"""`projector ingest PATH|-`: store envelopes from an NDJSON file or a JSON array."""
+"""`projector ingest PATH|-`: store envelopes from NDJSON, a JSON array or a wrapped document."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ..batch import BatchResult, Item
+from ..errors import ConfigurationError
 from ..ingest import IngestReport, ingest
 from ..pgsink import PostgresEventSink
 from . import options
@@ -29,11 +31,14 @@ MAX_LISTED = 20
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "ingest",
-        help="store envelopes from an NDJSON file or a JSON array (`-` reads stdin)",
+        help="store envelopes from NDJSON, a JSON array or a noetl export (`-` reads stdin)",
         description="Store envelopes idempotently in noetl.event. Input: NDJSON (one envelope per "
-        "line, as StdoutEventSink writes) or one JSON array. Invalid entries are reported with "
-        "their line (or element) number and kept in noetl.event_rejected; every valid one is "
-        "stored. Exit status 1 when anything was rejected or conflicting.",
+        "line, as StdoutEventSink and `noetl subscribe --events` write), a JSON array, a noetl API "
+        'export ({"result": [...]}) or upstream notifications ({"events": [...]}, {"event": '
+        "{...}}); a byte-order mark is skipped. Invalid entries are reported as PATH:line N or "
+        "PATH:element N and kept in noetl.event_rejected; every valid one is stored. Rows without "
+        "event_id get a derived id (identical rows of one file are distinct events; the same "
+        "file again stores nothing). Exit status 1 when anything was rejected or conflicting.",
     )
     p.add_argument("path", help="file to read, or - for standard input")
     p.add_argument("--json", action="store_true", help="print the counts as one JSON object")
@@ -43,13 +48,34 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=2000,
         help="events per transaction (default: 2000)",
     )
+    p.add_argument(
+        "--execution-id",
+        metavar="ID",
+        help="the execution id of rows that carry none (noetl API exports of one execution); a "
+        "row that carries another one is rejected",
+    )
     p.set_defaults(handler=run_ingest)
+
+
+def _execution_id(value: str | None) -> str | int | None:
+    """`--execution-id` as the envelope keeps it: digits as an integer (written back as one)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigurationError("--execution-id must not be empty")
+    return int(value) if re.fullmatch(r"-?[0-9]+", value) else value
 
 
 def print_report(report: IngestReport, source: str, as_json: bool) -> None:
     source = escape(source)  # a file name, and reasons quoting the input: shown, never obeyed
     for where, reason in report.rejected_at[:MAX_LISTED]:
         print(f"{source}:{where}: rejected: {escape(reason)}", file=sys.stderr)
+    if any(reason == "execution_id is required" for _, reason in report.rejected_at):
+        print(
+            f"{source}: rows without an execution id (a noetl API export of one execution?): "
+            "give it with --execution-id ID",
+            file=sys.stderr,
+        )
     if len(report.rejected_at) > MAX_LISTED:
         print(
             f"{source}: ... and {len(report.rejected_at) - MAX_LISTED} more rejected "
@@ -126,6 +152,7 @@ def _progress_bar() -> Progress:
 
 async def run_ingest(args: argparse.Namespace, db: str) -> int:
     source = "stdin" if args.path == "-" else args.path
+    execution_id = _execution_id(args.execution_id)
     with contextlib.ExitStack() as stack:
         if args.path == "-":
             stream: IO[bytes] = sys.stdin.buffer
@@ -148,7 +175,7 @@ async def run_ingest(args: argparse.Namespace, db: str) -> int:
 
         try:
             async with sink:
-                report = await ingest(sink, stream, source, on_bytes)
+                report = await ingest(sink, stream, source, on_bytes, execution_id=execution_id)
         except asyncio.CancelledError:  # Ctrl-C: say what is stored for sure
             print(
                 f"{source}: interrupted after {sink.summary()}; the batch in flight may or may "

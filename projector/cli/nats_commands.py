@@ -19,7 +19,7 @@ import sys
 
 from ..bridge import Bridge, BridgeConfig
 from ..errors import ConfigurationError
-from ..jetstream import StreamLimits, connect, ensure_stream
+from ..jetstream import StreamLimits, connect, ensure_stream, stream_differences
 from ..redact import redact
 from ..settings import Settings, settings
 
@@ -114,8 +114,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init = nats_sub.add_parser(
         "init",
         help="create the events stream (file storage, documented limits)",
-        description="Create the stream over <subject-prefix>.> with file storage, work-queue "
-        "retention and discard=new; an existing stream is left unchanged.",
+        description="Create the stream over <subject-prefix>.> with file storage, limits "
+        "retention (upstream noetl's consumers can read the same subjects beside the bridge) and "
+        "discard=new. An existing stream is left unchanged; when its configuration differs, "
+        "what differs is printed and the exit status is 1.",
     )
     _add_nats_options(init, config)
     init.add_argument(
@@ -199,20 +201,38 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
 
 
 async def nats_init_command(args: argparse.Namespace, db: str | None = None) -> int:
-    """Create the stream unless it exists; print what happened."""
+    """Create the stream unless it exists; print what happened, and how an existing stream
+    differs from what would have been created (exit status 1 then; it is left unchanged)."""
     limits = StreamLimits(
         max_age=args.max_age, max_bytes=args.max_bytes, duplicate_window=args.duplicate_window
     )
     nc = await connect(args.nats_url, name="noetl-projector-init")
     try:
-        created = await ensure_stream(nc.jetstream(), args.stream, args.subject_prefix, limits)
+        js = nc.jetstream()
+        created = await ensure_stream(js, args.stream, args.subject_prefix, limits)
+        differences = (
+            []
+            if created
+            else await stream_differences(js, args.stream, args.subject_prefix, limits)
+        )
     finally:
         with contextlib.suppress(Exception):  # the stream is there (or the error is raised)
             await nc.close()
     subjects = f"{args.subject_prefix}.>"
     if args.json:
-        print(json.dumps({"stream": args.stream, "subjects": subjects, "created": created}))
+        print(
+            json.dumps(
+                {
+                    "stream": args.stream,
+                    "subjects": subjects,
+                    "created": created,
+                    "differences": differences,
+                }
+            )
+        )
     else:
         state = "created" if created else "already exists (left unchanged)"
         print(f"stream {args.stream} over {subjects}: {state}")
-    return 0
+        for line in differences:
+            print(f"  differs: {line}")
+    return 1 if differences else 0
