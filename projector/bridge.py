@@ -422,7 +422,7 @@ class Bridge:
             log.warning(
                 "rejected message %s on %s: %s",
                 items[rejection.position].position,
-                msgs[owner][0].decode("utf-8", "backslashreplace"),
+                items[rejection.position].source,
                 rejection.reason,
             )
         for execution_id, event_id in result.conflict_ids:

@@ -332,5 +332,5 @@ def test_ingest_of_bytes_that_are_no_json_rejects_them_and_exits_1(
     path.write_bytes(b"\xff\xfe\x00garbage\n" + EVENT.encode())
     code, out, err = cli(["--database-url", database_url, "ingest", str(path)], capfd)
     assert code == 1
-    assert f"{path}:1: rejected:" in one_line(err)
+    assert f"{path}:line 1: rejected:" in one_line(err)
     assert "1 inserted" in out

@@ -16,6 +16,7 @@ import nats
 import psycopg
 import pytest
 
+import projector.cli as cli
 from projector import ProjectorError
 from projector.cli import project_commands, run
 from projector.cli.demo_commands import _execution_ids
@@ -40,8 +41,8 @@ def test_ingest_messages_escape_the_file_name_and_reasons(
     assert run(["--database-url", database_url, "ingest", str(hostile)]) == 1
     err = capsys.readouterr().err
     assert not _raw_controls(err), err
-    assert f"spool{SHOWN}\\u009b2J.ndjson:1: rejected:" in err
-    assert f"spool{SHOWN}\\u009b2J.ndjson:2: rejected:" in err
+    assert f"spool{SHOWN}\\u009b2J.ndjson:line 1: rejected:" in err
+    assert f"spool{SHOWN}\\u009b2J.ndjson:line 2: rejected:" in err
 
 
 def test_demo_tables_escape_what_producers_stored(
@@ -105,12 +106,16 @@ def test_error_messages_are_escaped_and_redacted(
     async def failing(args: argparse.Namespace, db: str) -> int:
         raise ProjectorError(f"cannot store step {TITLE!s} via {db}\nDETAIL: \x9b2J")
 
+    async def answers(url: str, *args: Any, **kwargs: Any) -> None:
+        return None
+
     monkeypatch.setattr(project_commands, "rebuild_command", failing)
+    monkeypatch.setattr(cli, "check_connection", answers)  # no server behind the URL
     url = "postgresql://app:hunter22@127.0.0.1:1/noetl"
     assert run(["--database-url", url, "rebuild"]) == 3
     err = capsys.readouterr().err
     assert err == (
-        f"projector: error: cannot store step {SHOWN} via postgresql://app:***@127.0.0.1:1/noetl\n"
+        f"projector: error: cannot store step {SHOWN} via postgresql://app:***@127.0.0.1:1/noetl?connect_timeout=10 "
         "DETAIL: \\u009b2J\n"
     )
 

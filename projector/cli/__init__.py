@@ -219,6 +219,7 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    safe.guard_logging()  # log lines: credentials redacted, control characters escaped
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
     # The embedded server's wheel logs whole server logs as errors; its failure reaches the user
@@ -260,7 +261,6 @@ def _execute(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, return its exit status (errors: one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    safe.guard_logging()  # log lines: credentials redacted, control characters escaped
     try:
         parser = build_parser()
         own, passthrough = _split_passthrough(argv)
