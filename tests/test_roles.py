@@ -281,3 +281,34 @@ def test_the_readme_creates_login_users_as_it_says(server_url: str, database_url
         with psycopg.connect(server_url, autocommit=True) as conn:
             for name in (sink_user, project_user, status_user):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.slow
+def test_a_downgrade_drops_only_the_roles_nothing_else_uses(tmp_path: Path) -> None:
+    """On a server of its own (the shared test server's other databases would keep every role):
+    a role with a member stays, the others are dropped, and upgrading creates them again."""
+    from projector.database import embedded_server
+
+    with embedded_server(tmp_path / "pgdata") as url:
+
+        def roles() -> list[str]:
+            with psycopg.connect(url) as conn:
+                rows = conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1",
+                    (list(ROLES),),
+                ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        migrate.upgrade(url)
+        assert roles() == sorted(ROLES)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE ROLE member_of_reader LOGIN IN ROLE noetl_reader")
+        migrate.downgrade(url, "0003")
+        assert roles() == ["noetl_reader"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP ROLE member_of_reader")
+        migrate.upgrade(url)
+        migrate.downgrade(url, "base")
+        assert roles() == []
+        migrate.upgrade(url)
+        assert roles() == sorted(ROLES)
