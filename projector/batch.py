@@ -2,13 +2,15 @@
 
 :func:`prepare` validates and serialises the caller's items: each valid one becomes a
 :class:`Pending` row (:func:`encode`: its COPY row, JSON serialised once, and its
-:func:`content_hash`), each invalid one a :class:`RejectedItem` for ``noetl.event_rejected``.
-Once the write transaction (``projector.pglookup``) has found which keys are stored already, as
-:class:`StoredRow` s, :func:`triage` says which items surely differ from their stored row and which
-the server must compare in full, :func:`fresh` which rows to COPY, and :func:`classify` what each
-item became: inserted, duplicate (identical content) or conflict (the same key with other
-content). Items of one batch that share a key are compared here by :func:`same_content`, with
-jsonb's equality (:func:`jsonb_equal`), as the server compares stored rows.
+:func:`content_hash`), each invalid one (whatever validating it raised) a :class:`RejectedItem`
+for ``noetl.event_rejected``, whose :meth:`~RejectedItem.columns` are storable whatever the input
+held: at most :data:`REJECTED_PREFIX_BYTES` of it, with its length and SHA-256. Once the write
+transaction (``projector.pglookup``) has found which keys are stored already, as :class:`StoredRow`
+s, :func:`triage` says which items surely differ from their stored row and which the server must
+compare in full, :func:`fresh` which rows to COPY, and :func:`classify` what each item became:
+inserted, duplicate (identical content) or conflict (the same key with other content). Items of
+one batch that share a key are compared here by :func:`same_content`, with jsonb's equality
+(:func:`jsonb_equal`), as the server compares stored rows.
 
 The results the sink returns, :class:`BatchResult` with one :data:`Outcome` per item and a
 :class:`Rejection` per item not stored, are defined here too, as is :class:`RawEnvelope`, the
@@ -35,6 +37,8 @@ from .envelope import ENVELOPE_FIELDS, ExecutorEvent
 __all__ = [
     "COPY_COLUMNS",
     "COPY_TYPES",
+    "REJECTED_PREFIX_BYTES",
+    "REJECTED_TEXT_CHARS",
     "BatchResult",
     "Item",
     "Key",
@@ -56,6 +60,7 @@ __all__ = [
     "prepare",
     "rejected_item",
     "same_content",
+    "storable_text",
     "triage",
     "windows",
 ]

@@ -80,27 +80,31 @@ class GroupCommit:
         state = Outcomes([None] * len(queued), items=events, source="emit", offset=None)
         for r in rejects:  # known now, whatever happens to the write
             state.reject(r.index, r.reason)
-        error: ProjectorError | None = None
         try:
             await self._write(pending, rejects, state)
         except asyncio.CancelledError:
-            for _, future in queued:
-                if not future.done():
-                    future.set_exception(DatabaseUnavailable("the sink was closed mid-write"))
+            _settle(queued, state, DatabaseUnavailable("the sink was closed mid-write"))
             raise
         except Exception as exc:
             # Some transactions of this flush may have committed before another failed: their
             # callers get their outcomes, the others this error.
-            error = translate(exc)
-        for i, (event, future) in enumerate(queued):
-            if future.done():  # the caller was cancelled
-                continue
-            outcome = state.outcomes[i]
-            if outcome == "conflict":
-                future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
-            elif outcome == "inserted" or outcome == "duplicate":
-                future.set_result(outcome)
-            elif outcome == "rejected":
-                future.set_exception(InvalidEnvelope(state.reasons.get(i, "not stored")))
-            else:
-                future.set_exception(error or DatabaseUnavailable("the event was not written"))
+            _settle(queued, state, translate(exc))
+            return
+        _settle(queued, state, None)
+
+
+def _settle(queued: list[_Waiting], state: Outcomes, error: ProjectorError | None) -> None:
+    """Give each waiting caller its outcome in `state`; `error` to those whose event was not
+    written."""
+    for i, (event, future) in enumerate(queued):
+        if future.done():  # the caller was cancelled
+            continue
+        outcome = state.outcomes[i]
+        if outcome == "conflict":
+            future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
+        elif outcome == "inserted" or outcome == "duplicate":
+            future.set_result(outcome)
+        elif outcome == "rejected":
+            future.set_exception(InvalidEnvelope(state.reasons.get(i, "not stored")))
+        else:
+            future.set_exception(error or DatabaseUnavailable("the event was not written"))
