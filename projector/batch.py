@@ -2,13 +2,15 @@
 
 :func:`prepare` validates and serialises the caller's items: each valid one becomes a
 :class:`Pending` row (:func:`encode`: its COPY row, JSON serialised once, and its
-:func:`content_hash`), each invalid one a :class:`RejectedItem` for ``noetl.event_rejected``.
-Once the write transaction (``projector.pglookup``) has found which keys are stored already, as
-:class:`StoredRow` s, :func:`triage` says which items surely differ from their stored row and which
-the server must compare in full, :func:`fresh` which rows to COPY, and :func:`classify` what each
-item became: inserted, duplicate (identical content) or conflict (the same key with other
-content). Items of one batch that share a key are compared here by :func:`same_content`, with
-jsonb's equality (:func:`jsonb_equal`), as the server compares stored rows.
+:func:`content_hash`), each invalid one (whatever validating it raised) a :class:`RejectedItem`
+for ``noetl.event_rejected``, whose :meth:`~RejectedItem.columns` are storable whatever the input
+held: at most :data:`REJECTED_PREFIX_BYTES` of it, with its length and SHA-256. Once the write
+transaction (``projector.pglookup``) has found which keys are stored already, as :class:`StoredRow`
+s, :func:`triage` says which items surely differ from their stored row and which the server must
+compare in full, :func:`fresh` which rows to COPY, and :func:`classify` what each item became:
+inserted, duplicate (identical content) or conflict (the same key with other content). Items of
+one batch that share a key are compared here by :func:`same_content`, with jsonb's equality
+(:func:`jsonb_equal`), as the server compares stored rows.
 
 The results the sink returns, :class:`BatchResult` with one :data:`Outcome` per item and a
 :class:`Rejection` per item not stored, are defined here too, as is :class:`RawEnvelope`, the
@@ -35,6 +37,8 @@ from .envelope import ENVELOPE_FIELDS, ExecutorEvent
 __all__ = [
     "COPY_COLUMNS",
     "COPY_TYPES",
+    "REJECTED_PREFIX_BYTES",
+    "REJECTED_TEXT_CHARS",
     "BatchResult",
     "Item",
     "Key",
@@ -56,6 +60,7 @@ __all__ = [
     "prepare",
     "rejected_item",
     "same_content",
+    "storable_text",
     "triage",
     "windows",
 ]
@@ -168,18 +173,36 @@ def windows(items: Iterable[Item], size: int) -> Iterator[Sequence[Item]]:
 class Outcomes:
     """Per-item results of one chunk of a batch, filled in by the transactions that write it:
     each item's outcome at its index (None: not written yet), the reasons of rejected items,
-    the keys of conflicts."""
+    the keys of conflicts.
+
+    `items`, `source` and `offset` are the chunk's items as the caller gave them and what
+    :func:`prepare` was called with: a row the database refuses is rejected (:meth:`refused`)
+    with its input as given, like any other rejection.
+    """
 
     outcomes: list[Outcome | None]
     reasons: dict[int, str] = field(default_factory=dict)
     conflicts: list[Key] = field(default_factory=list)
     #: Set once a COPY's rows are sent and the server is busy storing them (see `emit_many`).
     copying: asyncio.Event | None = None
+    items: Sequence[Item] = ()
+    source: str = "api"
+    offset: int | None = 0
+    #: The rejections of rows the database refused (the others come from `prepare`).
+    refusals: list[RejectedItem] = field(default_factory=list)
 
     def reject(self, index: int, reason: str) -> None:
         """Item `index` is not stored, for `reason`."""
         self.outcomes[index] = "rejected"
         self.reasons[index] = reason
+
+    def refused(self, pending: Pending, reason: str) -> RejectedItem:
+        """The database refused `pending`'s row, for `reason`: reject it; its rejection."""
+        item = self.items[pending.index] if self.items else pending.event
+        rejected = rejected_item(pending.index, item, self.source, reason, self.offset)
+        self.refusals.append(rejected)
+        self.reject(pending.index, reason)
+        return rejected
 
     def result(self, rejects: Iterable[RejectedItem]) -> BatchResult:
         """The chunk's result (items with no outcome count as rejected, "not stored" unless
@@ -192,7 +215,7 @@ class Outcomes:
             conflict_ids=self.conflicts,
         )
         if result.inserted + result.duplicates + result.conflicts < len(outcomes):
-            lines = {r.index: r.line for r in rejects}
+            lines = {r.index: r.line for r in (*rejects, *self.refusals)}
             result.rejected = [
                 Rejection(i, self.reasons.get(i, "not stored"), lines.get(i))
                 for i, o in enumerate(outcomes)
@@ -246,8 +269,21 @@ def _dumps(obj: Any) -> bytes | str:
 
 
 def _json_bytes(value: Any) -> bytes:
+    """`value` as JSON bytes; UnicodeEncodeError (a ValueError) for lone surrogates."""
     dumped = _dumps(value)
-    return dumped if isinstance(dumped, bytes) else dumped.encode("utf-8", "surrogatepass")
+    return dumped if isinstance(dumped, bytes) else dumped.encode("utf-8")
+
+
+def _check_texts(event: ExecutorEvent) -> None:
+    """Raise ValueError naming the first text field of `event` that UTF-8 cannot hold (an
+    envelope built without validation); only called once orjson has refused something."""
+    for name in ("execution_id", "event_id", "event_type", "step", "status", "worker_id"):
+        value = getattr(event, name)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{name} contains a lone surrogate") from None
 
 
 def encode(index: int, event: ExecutorEvent) -> Pending:
@@ -255,7 +291,7 @@ def encode(index: int, event: ExecutorEvent) -> Pending:
     serialised once, here, for COPY and for the content hash; then the content hash.
 
     Raises TypeError or ValueError for content that JSON cannot hold (an envelope built without
-    validation: infinities, lone surrogates the json module refuses)."""
+    validation: infinities, lone surrogates, in text fields too)."""
     event_id = event.resolved_event_id()
     execution_id = event.execution_id
     # Each field read once (attributes of a pydantic model cost more than locals).
@@ -269,6 +305,7 @@ def encode(index: int, event: ExecutorEvent) -> Pending:
         if meta_value is not None:
             meta = orjson.dumps(meta_value)
     except (TypeError, orjson.JSONEncodeError):  # beyond 64-bit integers, lone surrogates
+        _check_texts(event)
         context = _json_bytes(context_value)
         head = repr(head_fields).encode("utf-8", "surrogatepass")
         meta = None if meta_value is None else _json_bytes(meta_value)
@@ -335,6 +372,13 @@ def compare_values(p: Pending) -> tuple[str | None, ...]:
 
 # -- rejections ----------------------------------------------------------------------------------
 
+#: At most this many bytes of a rejected item's input are kept (``raw`` / ``raw_bytes``); its full
+#: length and SHA-256 are kept beside them, so even a rejected 100 MB line costs 64 KiB.
+REJECTED_PREFIX_BYTES = 65_536
+#: A rejection's reason (and source) is cut to this many characters.
+REJECTED_TEXT_CHARS = 2_000
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
 
 @dataclass(slots=True)
 class RejectedItem:
@@ -347,43 +391,114 @@ class RejectedItem:
     line: int | None
     reason: str
 
-    def columns(self) -> tuple[str, bytes | None, str, int | None, str]:
-        """The values of the `sink.reject` statement: raw, raw_bytes, source, position, reason."""
-        return (*_raw_columns(self.raw), self.source, self.line, self.reason)
+    def columns(self) -> tuple[str, bytes | None, int, bytes, str, int | None, str]:
+        """The values of the `sink.reject` statement: raw, raw_bytes, raw_length, raw_sha256,
+        source, position, reason; each one storable whatever the input held (text without NUL
+        or lone surrogates, at most :data:`REJECTED_PREFIX_BYTES` of the input, a position
+        that fits a bigint or None)."""
+        raw: object = self.raw
+        if isinstance(raw, str):
+            data = raw.encode("utf-8", "surrogatepass")
+        elif isinstance(raw, bytes | bytearray | memoryview):
+            data = bytes(raw)
+        else:  # not what a RawEnvelope is meant to hold; kept as what it is
+            data = repr(raw).encode("utf-8", "surrogatepass")
+        line = self.line
+        if line is not None and not _BIGINT_MIN <= line <= _BIGINT_MAX:
+            line = None  # not a position a bigint can hold
+        return (
+            *_raw_columns(data),
+            len(data),
+            hashlib.sha256(data).digest(),
+            storable_text(str(self.source)),
+            line,
+            storable_text(self.reason),
+        )
 
 
-def _raw_columns(raw: bytes | str) -> tuple[str, bytes | None]:
-    """`raw` as text for event_rejected.raw; the exact bytes too when text cannot hold them."""
-    if isinstance(raw, str):
-        if "\x00" not in raw:
-            return raw, None
-        return raw.replace("\x00", "\\x00"), raw.encode("utf-8", "surrogatepass")
+def storable_text(text: str, limit: int = REJECTED_TEXT_CHARS) -> str:
+    """`text` as PostgreSQL text can hold it: U+0000 written ``\\x00``, lone surrogates as
+    ``\\udXXX``; cut to `limit` characters (an ellipsis marks the cut)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    if text.isascii() and "\x00" not in text:
+        return text
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"), raw
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
+def _raw_columns(data: bytes) -> tuple[str, bytes | None]:
+    """At most :data:`REJECTED_PREFIX_BYTES` of the input `data` as text for event_rejected.raw
+    (bytes that are not UTF-8 written ``\\xNN``, NUL ``\\x00``), and the same bytes exactly when
+    text cannot hold them."""
+    prefix = data[:REJECTED_PREFIX_BYTES]
+    try:
+        text = prefix.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        cut_a_character = (
+            len(data) > len(prefix)
+            and exc.end == len(prefix)
+            and exc.reason == "unexpected end of data"
+        )
+        if not cut_a_character:
+            return prefix.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"), prefix
+        prefix = prefix[: exc.start]  # end the prefix before the character it would split
+        text = prefix.decode("utf-8")
     if "\x00" in text:
-        return text.replace("\x00", "\\x00"), raw
+        return text.replace("\x00", "\\x00"), prefix
     return text, None
 
 
-def rejected_item(i: int, item: object, source: str, reason: str, offset: int = 0) -> RejectedItem:
+def _written_out(item: object) -> bytes | str:
+    """An item that is not raw input, as JSON text (or its repr, or less, when it has none)."""
+    try:
+        if isinstance(item, ExecutorEvent):
+            return item.model_dump_json()
+        return json.dumps(item, ensure_ascii=False, default=repr)
+    except Exception:  # (not JSON, lone surrogates, nested too deeply to write)
+        pass
+    try:
+        return repr(item)
+    except Exception as exc:  # (nested too deeply even for repr)
+        return f"<{type(item).__name__} that cannot be written out: {type(exc).__name__}>"
+
+
+def rejected_item(
+    i: int, item: object, source: str, reason: str, offset: int | None = 0
+) -> RejectedItem:
     """Item `i` rejected for `reason`, with its input as faithfully as it can be kept. A raw
     envelope keeps its own source and position; anything else gets `source` and its position
-    `offset + i` in the caller's items."""
+    `offset + i` in the caller's items (no position when `offset` is None)."""
     if isinstance(item, RawEnvelope):
         return RejectedItem(i, item.raw, item.source, item.position, reason)
-    if isinstance(item, ExecutorEvent):
-        try:
-            raw = item.model_dump_json()
-        except (TypeError, ValueError):
-            raw = repr(item)
-        return RejectedItem(i, raw, source, offset + i, reason)
+    return RejectedItem(
+        i, _written_out(item), source, None if offset is None else offset + i, reason
+    )
+
+
+#: pydantic's error types for input its JSON parser refused as a whole.
+_PARSER_REFUSALS = frozenset({"json_invalid", "string_unicode"})
+
+
+def _parser_reason(raw: bytes | str, exc: ValidationError) -> str:
+    """The reason `raw` is rejected. When the fast JSON parser refused it (lone surrogates, as
+    ``\\u`` escapes or in a str, nesting past its limit), the json module reads it once more so
+    that the reason names the field, as for any other input, rather than a column of the
+    text."""
+    reason = describe_validation_error(exc)
+    if not any(e["type"] in _PARSER_REFUSALS for e in exc.errors(include_url=False)):
+        return reason
     try:
-        raw = json.dumps(item, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):
-        raw = repr(item)
-    return RejectedItem(i, raw, source, offset + i, reason)
+        data = json.loads(raw)
+        ExecutorEvent.model_validate(data)
+    except ValidationError as closer:
+        return describe_validation_error(closer)
+    except Exception:  # (not JSON to the json module either, or nested too deeply)
+        pass
+    return reason
 
 
 def prepare(
@@ -393,12 +508,14 @@ def prepare(
     rejects: list[RejectedItem],
     start: int = 0,
     stop: int | None = None,
-    offset: int = 0,
+    offset: int | None = 0,
 ) -> None:
     """Validate and serialise `items[start:stop]` into `pending`; the invalid into `rejects`.
 
     `offset` is where `items` starts in the caller's items (the position kept for a rejected
-    mapping)."""
+    mapping or envelope; None: keep none). No item can fail the others: whatever one raises
+    (an envelope built without validation holding what JSON cannot, a timestamp out of range,
+    nesting past what Python can walk) rejects that item, with the exception as its reason."""
     for i in range(start, len(items) if stop is None else min(stop, len(items))):
         item = items[i]
         try:
@@ -413,10 +530,17 @@ def prepare(
                 event = ExecutorEvent.model_validate(item)
             pending.append(encode(i, event))
         except ValidationError as exc:
-            reason = describe_validation_error(exc)
+            if isinstance(item, RawEnvelope):
+                reason = _parser_reason(item.raw, exc)
+            else:
+                reason = describe_validation_error(exc)
             rejects.append(rejected_item(i, item, source, reason, offset))
-        except (TypeError, ValueError) as exc:  # an envelope built without validation
-            reason = f"not storable: {exc}"
+        except Exception as exc:  # (one item's failure is that item's alone)
+            reason = (
+                f"not storable: {exc}"
+                if isinstance(exc, TypeError | ValueError)
+                else (f"not storable: {type(exc).__name__}: {exc}")
+            )
             rejects.append(rejected_item(i, item, source, reason, offset))
 
 

@@ -80,6 +80,7 @@ from pydantic import (
 
 __all__ = [
     "ENVELOPE_FIELDS",
+    "MAX_JSON_DEPTH",
     "DerivedId",
     "ExecutorEvent",
     "IntegerId",
@@ -167,16 +168,48 @@ def _text_problem(value: str, path: str) -> str | None:
     return None
 
 
-def _plain_json(value: JsonValue) -> bool:
-    """True when `value` is surely storable as jsonb (a fast check; False means "look closer")."""
+def _plain_json(value: JsonValue, max_depth: int | None = None) -> bool:
+    """True when `value` is surely storable as jsonb (a fast check; False means "look closer"),
+    and, with `max_depth`, surely nested no deeper than that."""
     if not value:
         return value is None or value == {} or value == [] or value == "" or value == 0
     try:
         dumped = orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):  # non-JSON types, lone surrogates, huge integers
-        return False
+        return False  # (and nesting deeper than orjson's 254 levels)
     # orjson writes NaN and infinities as null, and U+0000 as an escape: both need a closer look.
-    return b"null" not in dumped and b"\\u0000" not in dumped
+    if b"null" in dumped or b"\\u0000" in dumped:
+        return False
+    # Nesting `max_depth` + 1 levels deep takes that many brackets, and twice as many bytes.
+    return (
+        max_depth is None
+        or len(dumped) <= 2 * max_depth
+        or dumped.count(b"[") + dumped.count(b"{") <= max_depth
+    )
+
+
+#: How deeply `context` and `meta` may nest (arrays and objects inside one another; `{}` is one
+#: level). Deeper input is rejected: the JSON parser stops at this depth inside an envelope, so
+#: anything deeper could be neither read from the wire nor read back once written.
+MAX_JSON_DEPTH = 200
+
+
+def _depth_problem(value: JsonValue, path: str) -> str | None:
+    """Why `value` is nested too deeply to store (None when it is not); iterative, so that any
+    depth is measured without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list | tuple):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return (
+                f"{path} is nested more than {MAX_JSON_DEPTH} levels deep (arrays and objects "
+                "inside one another), deeper than the sink stores"
+            )
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _json_problem(value: JsonValue, path: str) -> str | None:
@@ -386,12 +419,14 @@ class ExecutorEvent(BaseModel):
         suspects: list[str] = []
         if "\x00" in texts or not texts.isascii():
             suspects += ["execution_id", "event_id", "event_type", "step", "status", "worker_id"]
-        if not _plain_json(self.context):
+        if not _plain_json(self.context, MAX_JSON_DEPTH):
             suspects.append("context")
-        if self.meta is not None and not _plain_json(self.meta):
+        if self.meta is not None and not _plain_json(self.meta, MAX_JSON_DEPTH):
             suspects.append("meta")
         for name in suspects:
-            problem = _json_problem(getattr(self, name), name)
+            value = getattr(self, name)
+            # The depth first: the walk below recurses once per level.
+            problem = _depth_problem(value, name) or _json_problem(value, name)
             if problem:
                 raise ValueError(problem)
         return self

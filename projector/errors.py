@@ -18,9 +18,11 @@ from .redact import redact
 
 __all__ = [
     "ConfigurationError",
+    "DatabaseTimeout",
     "DatabaseUnavailable",
     "EventConflict",
     "InvalidEnvelope",
+    "LockTimeout",
     "NatsUnavailable",
     "ProjectorError",
     "PublishRejected",
@@ -28,6 +30,7 @@ __all__ = [
     "StreamMissing",
     "UnknownExecution",
     "is_transient",
+    "timeout_setting",
     "translate",
     "translating",
 ]
@@ -43,6 +46,35 @@ class ConfigurationError(ProjectorError):
 
 class DatabaseUnavailable(ProjectorError):
     """PostgreSQL could not be reached, or dropped the connection, after all retries."""
+
+
+class DatabaseTimeout(ProjectorError):
+    """The server cancelled a statement because one of its timeouts ran out.
+
+    `setting` names it (``statement_timeout`` or ``lock_timeout``; None when the server's wording
+    did not say which). Not transient: the same statement would run into the same limit again.
+    The project's own sessions set the timeouts they need (see :mod:`projector.timeouts`), so
+    this means a limit was set where the session cannot override it, or a wait really was that
+    long.
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
+
+
+class LockTimeout(DatabaseTimeout, DatabaseUnavailable):
+    """The sink waited for a lock past `retry_for` seconds of retries.
+
+    The message names the sessions holding what it waited for (`blockers`: one line each, with
+    pid, application_name, user, state and how long its transaction has been open). It is also a
+    :class:`DatabaseUnavailable`, so callers that retry later (the NATS bridge naks the batch and
+    backs off) treat it as they treat an outage.
+    """
+
+    def __init__(self, message: str, blockers: list[str]) -> None:
+        self.blockers = blockers
+        super().__init__(message, "lock_timeout")
 
 
 class SchemaMissing(ProjectorError):
@@ -98,9 +130,12 @@ _TRANSIENT_STATES = {"40001", "40P01", "55P03"}
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same transaction later may succeed."""
+    """True when retrying the same transaction later may succeed (a :class:`DatabaseTimeout` is
+    not, unless it is also a :class:`DatabaseUnavailable`, as :class:`LockTimeout` is)."""
     if isinstance(exc, DatabaseUnavailable):
         return True
+    if isinstance(exc, DatabaseTimeout):
+        return False
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         state = getattr(exc, "sqlstate", None)
         return state is None or state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
@@ -108,6 +143,38 @@ def is_transient(exc: BaseException) -> bool:
     if state is None:
         return False
     return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+
+
+# The server's wording of its timeout cancellations (message_primary of SQLSTATE 57014 / 55P03).
+_TIMEOUT_MESSAGES = {
+    "canceling statement due to statement timeout": "statement_timeout",
+    "canceling statement due to lock timeout": "lock_timeout",
+}
+
+
+def timeout_setting(exc: BaseException) -> str | None:
+    """The setting whose timeout cancelled the statement that raised `exc` (None when `exc` is
+    not such a cancellation). A 57014 in words this does not know (a server with other
+    `lc_messages`) counts as a timeout of either setting, ``"statement_timeout or lock_timeout"``,
+    unless it says it was a cancel request."""
+    state = getattr(exc, "sqlstate", None)
+    if state not in ("57014", "55P03"):
+        return None
+    diag = getattr(exc, "diag", None)
+    message = str(getattr(diag, "message_primary", None) or exc).strip()
+    setting = _TIMEOUT_MESSAGES.get(message)
+    if setting is not None or state == "55P03" or "user request" in message:
+        return setting  # 55P03 otherwise: NOWAIT / SKIP LOCKED refusals, not a timeout
+    return "statement_timeout or lock_timeout"
+
+
+def _timeout_error(exc: BaseException, setting: str) -> DatabaseTimeout:
+    return DatabaseTimeout(
+        f"a statement ran into PostgreSQL's {setting} and was cancelled "
+        f"({str(exc).strip()}); raise {setting} for this role or database (for example "
+        f"`ALTER ROLE ... SET {setting.split()[0]} = '5min'`), or find what held it up",
+        setting,
+    )
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -147,6 +214,8 @@ def translate(exc: BaseException) -> ProjectorError:
             f"could not get a PostgreSQL connection in time ({exc}); is the server running and is "
             "PROJECTOR_DATABASE_URL right?"
         )
+    elif (setting := timeout_setting(exc)) is not None:
+        err = _timeout_error(exc, setting)
     elif is_transient(exc):
         err = DatabaseUnavailable(f"PostgreSQL is unavailable: {detail}")
     else:

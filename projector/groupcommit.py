@@ -3,8 +3,10 @@
 Callers queue their event and wait on a future; each flusher task takes everything queued so far
 (up to `batch_size` events), writes it with the sink's write function (one or a few transactions)
 and wakes every caller once it is committed: with the outcome, or with the error that concerns
-them (`EventConflict`, `InvalidEnvelope`, `DatabaseUnavailable`). The queue is bounded, so a slow
-database slows callers down instead of growing memory.
+them (`EventConflict`, `InvalidEnvelope`, `DatabaseUnavailable`). Each caller learns its own
+outcome: when one of a flush's transactions fails, the callers whose events another one committed
+still succeed, and an event the database refuses fails its own caller only (the sink bisects to
+it). The queue is bounded, so a slow database slows callers down instead of growing memory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from . import batch
 from .batch import Outcome, Outcomes, Pending, RejectedItem
 from .envelope import ExecutorEvent
-from .errors import DatabaseUnavailable, EventConflict, InvalidEnvelope, translate
+from .errors import DatabaseUnavailable, EventConflict, InvalidEnvelope, ProjectorError, translate
 
 __all__ = ["GroupCommit"]
 
@@ -71,31 +73,38 @@ class GroupCommit:
     async def _flush(self, queued: list[_Waiting]) -> None:
         # Validated already, but an envelope built without validation may hold what JSON cannot
         # (it is rejected, as by emit_many, instead of killing the flusher).
+        events = [event for event, _ in queued]
         pending: list[Pending] = []
         rejects: list[RejectedItem] = []
-        batch.prepare([event for event, _ in queued], "emit", pending, rejects)
-        state = Outcomes([None] * len(queued))
+        batch.prepare(events, "emit", pending, rejects, offset=None)
+        state = Outcomes([None] * len(queued), items=events, source="emit", offset=None)
+        for r in rejects:  # known now, whatever happens to the write
+            state.reject(r.index, r.reason)
         try:
             await self._write(pending, rejects, state)
         except asyncio.CancelledError:
-            for _, future in queued:
-                if not future.done():
-                    future.set_exception(DatabaseUnavailable("the sink was closed mid-write"))
+            _settle(queued, state, DatabaseUnavailable("the sink was closed mid-write"))
             raise
         except Exception as exc:
-            error = translate(exc)
-            for _, future in queued:
-                if not future.done():
-                    future.set_exception(error)
+            # Some transactions of this flush may have committed before another failed: their
+            # callers get their outcomes, the others this error.
+            _settle(queued, state, translate(exc))
             return
-        for i, (event, future) in enumerate(queued):
-            if future.done():  # the caller was cancelled
-                continue
-            outcome = state.outcomes[i]
-            if outcome == "conflict":
-                future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
-            elif outcome == "inserted" or outcome == "duplicate":
-                future.set_result(outcome)
-            else:
-                reason = state.reasons.get(i, "the database refused this event")
-                future.set_exception(InvalidEnvelope(reason, i))
+        _settle(queued, state, None)
+
+
+def _settle(queued: list[_Waiting], state: Outcomes, error: ProjectorError | None) -> None:
+    """Give each waiting caller its outcome in `state`; `error` to those whose event was not
+    written."""
+    for i, (event, future) in enumerate(queued):
+        if future.done():  # the caller was cancelled
+            continue
+        outcome = state.outcomes[i]
+        if outcome == "conflict":
+            future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
+        elif outcome == "inserted" or outcome == "duplicate":
+            future.set_result(outcome)
+        elif outcome == "rejected":
+            future.set_exception(InvalidEnvelope(state.reasons.get(i, "not stored")))
+        else:
+            future.set_exception(error or DatabaseUnavailable("the event was not written"))

@@ -15,6 +15,9 @@ queries of ``projector/sql/sink.sql``):
 5. :func:`committed`: on a retry, whether an earlier attempt committed after all; if not,
    :func:`insert_rejects` keeps the rejected items in noetl.event_rejected.
 
+When lock waits keep running past `lock_timeout`, :func:`blockers` says which sessions hold what
+the transaction waits for.
+
 Text columns are bound by :func:`_bind`, as joined strings when the values allow it, else as
 text[] arrays; each statement that takes them has a named query for either form.
 """
@@ -41,11 +44,13 @@ __all__ = [
     "Plan",
     "StoredRow",
     "begin",
+    "blockers",
     "committed",
     "decimal_bounds",
     "differing",
     "insert_rejects",
     "lock_bucket",
+    "month_window",
     "plan",
     "probe_keys",
     "read_ranges",
@@ -83,6 +88,7 @@ _STORED_EXECUTIONS = _Forms(
 _COMPARE = _Forms(query("sink.compare_joined"), query("sink.compare_array"))
 _COMMITTED = query("sink.committed")
 _REJECT = query("sink.reject")
+_BLOCKERS = query("sink.blockers")
 
 
 def _bind(
@@ -111,8 +117,10 @@ def _key_columns(keys: Sequence[Key]) -> list[list[str]]:
 
 
 def lock_bucket(execution_id: str) -> int:
-    """The advisory-lock bucket of an execution id (stable across processes and versions)."""
-    return zlib.crc32(execution_id.encode("utf-8")) % LOCK_BUCKETS
+    """The advisory-lock bucket of an execution id (stable across processes and versions; the
+    CRC-32 of its UTF-8, lone surrogates of an envelope built without validation included, so
+    that such an event reaches the transaction that refuses it alone)."""
+    return zlib.crc32(execution_id.encode("utf-8", "surrogatepass")) % LOCK_BUCKETS
 
 
 # -- 1. begin ------------------------------------------------------------------------------------
@@ -218,10 +226,13 @@ def _by_key(rows: Iterable[Any]) -> dict[Key, StoredRow]:
     return found
 
 
-def month_window(times: Sequence[datetime]) -> tuple[datetime, datetime]:
-    """From the first month of `times` (UTC) to the first month after them."""
+def month_window(times: Sequence[datetime]) -> tuple[datetime, datetime | None]:
+    """From the first month of `times` (UTC) to the first month after them; None for the end
+    when that month is past what a datetime holds (December 9999)."""
     lo = min(times).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last = max(times)
+    if last.year == datetime.max.year and last.month == 12:
+        return lo, None
     hi = (
         last.replace(year=last.year + 1, month=1, day=1)
         if last.month == 12
@@ -232,13 +243,13 @@ def month_window(times: Sequence[datetime]) -> tuple[datetime, datetime]:
 
 async def probe_keys(cur: Cursor, keys: list[Key], times: list[datetime]) -> dict[Key, StoredRow]:
     """The stored rows of `keys` (created at `times`), probed one by one: in the batch's months,
-    and everywhere for the executions that have rows outside them (few keys: everywhere at
-    once)."""
-    if len(keys) < WINDOW_MIN_KEYS:
+    and everywhere for the executions that have rows outside them (few keys, or months reaching
+    past the year 9999: everywhere at once)."""
+    lo, hi = month_window(times) if len(keys) >= WINDOW_MIN_KEYS else (None, None)
+    if lo is None or hi is None:  # few keys, or a window with no end: everywhere at once
         text, params = _bind(_LOOKUP, _key_columns(keys))
         await cur.execute(text, params, binary=True, prepare=True)
         return _by_key(await cur.fetchall())
-    lo, hi = month_window(times)
     text, params = _bind(_STORED_EXECUTIONS, [sorted({k[0] for k in keys})])
     await cur.execute(text, (lo, hi, lo, hi, *params), prepare=True)
     known = dict(await cur.fetchall())
@@ -279,5 +290,30 @@ async def committed(cur: Cursor, txids: set[str]) -> bool:
 
 
 async def insert_rejects(cur: Cursor, rejects: Sequence[RejectedItem]) -> None:
-    """Keep `rejects` in noetl.event_rejected."""
+    """Keep `rejects` in noetl.event_rejected, each input once: one already kept with the same
+    source, position and bytes (the same file ingested again) is not kept twice."""
     await cur.executemany(_REJECT, [r.columns() for r in rejects])
+
+
+# -- diagnosis -----------------------------------------------------------------------------------
+
+
+async def blockers(cur: Cursor, buckets: Sequence[int], waited: float) -> list[str]:
+    """The sessions of this database holding what a transaction on `buckets` needs (their
+    advisory locks, or a lock on a noetl table that stops writes), one line each: pid,
+    application_name, user, state, and how long its transaction has been open, longest first.
+    A role without pg_read_all_stats may not see another role's transaction start: the line then
+    says the lock was held for at least `waited` seconds, as long as the caller waited for it."""
+    await cur.execute(_BLOCKERS, (SINK_LOCK_CLASS, list(buckets)))
+    lines = []
+    for pid, app, user, state, open_for, what in await cur.fetchall():
+        held = (
+            f"for at least {waited:.1f} s (as long as the sink waited)"
+            if open_for is None
+            else f"in a transaction open for {open_for:.1f} s"
+        )
+        lines.append(
+            f"pid {pid} (application_name {app!r}, user {user!r}, {state or 'state unknown'}) "
+            f"holds {what}, {held}"
+        )
+    return lines

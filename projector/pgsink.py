@@ -3,8 +3,8 @@
 How one batch is written (one transaction, retried as a whole):
 
 1. Envelopes are validated and serialised (JSON once, for COPY and for the content hash:
-   :func:`projector.batch.prepare`); the ones that fail go to `noetl.event_rejected` with their
-   position and reason, and the rest of the batch is stored.
+   :func:`projector.batch.prepare`); the ones that fail, whatever they raise, go to
+   `noetl.event_rejected` with their position and reason, and the rest of the batch is stored.
 2. Transaction-level advisory locks are taken on the batch's execution ids (hashed into
    :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes
    them, so the check below cannot race with another sink.
@@ -25,15 +25,27 @@ part (rows, hashes, which item is fresh, duplicate or conflict) is :mod:`project
 `emit_many` prepares (step 1) the next window of events while the server stores the current
 window's COPY, so Python work and database work overlap.
 
+Rows the database refuses: when it refuses a row validation let through (SQLSTATE classes 22,
+23 but for unique violations, and 54: a value out of range, a check constraint, an index entry
+over 2,704 bytes; or a text value psycopg cannot send), the batch is bisected down to that row,
+which is rejected with the server's reason, and the others are stored. Only a failing batch pays
+for this: nothing is checked per event beforehand.
+
 Retries: transient failures (connection lost, server restarting, serialization failures, a unique
-violation from a writer that bypassed the locks) roll back and replay the batch with exponential
-backoff (:class:`projector.backoff.Backoff`: 0.05 s doubling to 5 s, for `retry_for` seconds).
-Since the replay repeats the lookup, no retry stores a row twice; rows found with the transaction
-id of an earlier attempt whose COMMIT was lost in flight are counted as inserted.
+violation from a writer that bypassed the locks, a lock wait past `lock_timeout`) roll back and
+replay the batch with exponential backoff (:class:`projector.backoff.Backoff`: 0.05 s doubling to
+5 s, for `retry_for` seconds). Since the replay repeats the lookup, no retry stores a row twice;
+rows found with the transaction id of an earlier attempt whose COMMIT was lost in flight are
+counted as inserted. The sink's sessions set their own timeouts (:mod:`projector.timeouts`): no
+statement_timeout, and `lock_timeout` (default 5 s) on every lock wait, so that a session holding
+one of the sink's locks stalls a writer for `retry_for` seconds at most; then
+:class:`~projector.errors.LockTimeout` names that session (pid, application_name, user, how long
+its transaction has been open).
 
 `emit()` group-commits (:mod:`projector.groupcommit`): callers queue their event and wait; a
 flusher writes everything queued so far in one transaction and wakes them all once it is
-committed. The queue is bounded, so a slow database slows callers down instead of growing memory.
+committed, each with its own outcome. The queue is bounded, so a slow database slows callers down
+instead of growing memory.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -66,12 +79,20 @@ from .batch import (
     content_hash,
     describe_validation_error,
 )
-from .database import CONNECT_KWARGS, check_connection, with_connect_timeout
+from .database import check_connection, with_connect_timeout
 from .envelope import ExecutorEvent
-from .errors import DatabaseUnavailable, ProjectorError, SchemaMissing, is_transient, translating
+from .errors import (
+    DatabaseUnavailable,
+    LockTimeout,
+    ProjectorError,
+    SchemaMissing,
+    is_transient,
+    translating,
+)
 from .groupcommit import GroupCommit
 from .pglookup import LOCK_BUCKETS, Plan, lock_bucket
 from .queries import query
+from .timeouts import SINK_LOCK_TIMEOUT, session_kwargs
 
 __all__ = [
     "LOCK_BUCKETS",
@@ -110,7 +131,8 @@ class PostgresEventSink:
     lanes by execution id so they never wait on each other's locks); `retry_for` seconds of
     retrying a transient failure before raising `DatabaseUnavailable` (default 60);
     `connect_timeout` seconds to wait for a connection (default 10; a ``connect_timeout`` in the
-    URL wins).
+    URL wins); `lock_timeout` seconds one lock wait may last before the attempt is retried
+    (default :data:`~projector.timeouts.SINK_LOCK_TIMEOUT`, 5; 0: no limit).
     """
 
     def __init__(
@@ -125,6 +147,7 @@ class PostgresEventSink:
         flush_lanes: int = 2,
         retry_for: float = 60.0,
         connect_timeout: float = 10.0,
+        lock_timeout: float = SINK_LOCK_TIMEOUT,
         application_name: str = "noetl-projector",
     ) -> None:
         if min(batch_size, max_pending, flushers, lanes, flush_lanes, max_pool_size) < 1:
@@ -137,6 +160,7 @@ class PostgresEventSink:
         self.flush_lanes = flush_lanes
         self.retry_for = retry_for
         self.connect_timeout = connect_timeout
+        self.lock_timeout = lock_timeout
         self._flusher_count = flushers
         self._max_pending = max_pending
         self._pool = AsyncConnectionPool(
@@ -144,7 +168,10 @@ class PostgresEventSink:
             min_size=1,
             max_size=max_pool_size,
             open=False,
-            kwargs={**CONNECT_KWARGS, "application_name": application_name},
+            kwargs={
+                **session_kwargs(lock_timeout=lock_timeout),
+                "application_name": application_name,
+            },
             configure=self._configure,
             # No check on checkout: a connection that broke while idle fails its first statement,
             # and the batch is retried on another one (see `_commit`).
@@ -219,7 +246,9 @@ class PostgresEventSink:
 
         Concurrent calls share transactions (group commit, see :mod:`projector.groupcommit`).
         Raises `EventConflict` when the id is already stored with different content,
-        `DatabaseUnavailable` when retries ran out.
+        `InvalidEnvelope` when the event cannot be stored (the database refused it; it is kept
+        in noetl.event_rejected), `DatabaseUnavailable` when retries ran out (`LockTimeout`,
+        a subclass, when lock waits did).
         """
         if self._group is None or self._closed:
             raise ProjectorError("the sink is not open: use `async with PostgresEventSink(...)`")
@@ -232,6 +261,9 @@ class PostgresEventSink:
         source: str = "api",
     ) -> BatchResult:
         """Store a batch; invalid items are rejected (kept in noetl.event_rejected), never fatal.
+
+        An item that fails validation, or whose row the database refuses, is rejected with its
+        position and reason, alone: everything else is stored.
 
         Items may be envelopes, raw JSON (`RawEnvelope`) or mappings. Written in transactions of
         `batch_size`, `lanes` of them at a time; returns after the last one commits. The next
@@ -256,9 +288,14 @@ class PostgresEventSink:
                 if writing is not None:
                     result.extend(await writing)
                 copying = asyncio.Event()
-                writing = asyncio.create_task(
-                    self._write_items(len(chunk), *prepared, copying=copying)
+                state = batch.Outcomes(
+                    [None] * len(chunk),
+                    copying=copying,
+                    items=chunk,
+                    source=source,
+                    offset=offset - len(chunk),
                 )
+                writing = asyncio.create_task(self._write_items(state, *prepared))
             if writing is not None:
                 result.extend(await writing)
                 writing = None
@@ -298,14 +335,12 @@ class PostgresEventSink:
 
     async def _write_items(
         self,
-        count: int,
+        state: Outcomes,
         pending: list[Pending],
         rejects: list[RejectedItem],
         plan: Plan | None = None,
-        copying: asyncio.Event | None = None,
     ) -> BatchResult:
-        """Write `count` prepared items; the result has one outcome per item."""
-        state = Outcomes([None] * count, copying=copying)
+        """Write the prepared items of `state`'s chunk; the result has one outcome per item."""
         await self._write_split(pending, rejects, state, plan=plan)
         return state.result(rejects)
 
@@ -365,18 +400,17 @@ class PostgresEventSink:
             return
         earlier_txids: set[str] = set()
         backoff = Backoff(0.05, factor=2, cap=5.0, jitter=0.5, deadline=self.retry_for)
+        started = time.monotonic()
         while True:
             try:
                 await self._transaction(pending, rejects, state, earlier_txids, plan)
                 return
-            except _DataProblem as problem:
-                # One value the database refuses (should validation miss one) must not sink the
-                # batch: bisect to it, reject it with the server's reason, store the rest.
+            except _Refused as refused:
+                # A row the database refuses (a value validation let through, an index entry
+                # over its size limit) must not sink the batch: bisect to it, reject it with
+                # the server's reason, store the rest.
                 if len(pending) == 1:
-                    bad = pending[0]
-                    raw = bad.event.model_dump_json()
-                    rejects = [*rejects, RejectedItem(bad.index, raw, "sink", None, problem.reason)]
-                    state.reject(bad.index, problem.reason)
+                    rejects = [*rejects, state.refused(pending[0], refused.reason)]
                     pending, plan = [], None
                     continue
                 half = len(pending) // 2
@@ -388,12 +422,43 @@ class PostgresEventSink:
                     raise
                 delay = backoff.next_delay()
                 if delay is None:
-                    raise DatabaseUnavailable(
-                        f"gave up storing a batch of {len(pending)} events after "
-                        f"{self.retry_for:.0f}s of retries: {str(exc).strip()}"
-                    ) from exc
-                log.warning("transient database error, retrying in %.2fs: %s", delay, exc)
+                    raise await self._gave_up(exc, pending, time.monotonic() - started) from exc
+                if _lock_timed_out(exc):
+                    log.warning(
+                        "a lock wait of the sink ran past lock_timeout (%.1f s), retrying in "
+                        "%.2f s",
+                        self.lock_timeout,
+                        delay,
+                    )
+                else:
+                    log.warning("transient database error, retrying in %.2fs: %s", delay, exc)
                 await asyncio.sleep(delay)
+
+    async def _gave_up(
+        self, exc: Exception, pending: list[Pending], waited: float
+    ) -> ProjectorError:
+        """The error to raise once `waited` seconds of retries ran out on `exc`: for lock waits,
+        a :class:`LockTimeout` naming the sessions that hold what the batch waited for."""
+        after = f"after {waited:.0f}s of retries"
+        if not _lock_timed_out(exc):
+            return DatabaseUnavailable(
+                f"gave up storing a batch of {len(pending)} events {after}: {str(exc).strip()}"
+            )
+        buckets = sorted({lock_bucket(p.key[0]) for p in pending})
+        try:
+            async with self._pool.connection(timeout=self.connect_timeout) as conn:
+                found = await pglookup.blockers(conn.cursor(), buckets, waited)
+        except Exception as diagnosis:  # the error must still be raised, whatever this meets
+            found = []
+            log.warning("could not find the sessions holding the sink's locks: %s", diagnosis)
+        who = "; ".join(found) if found else "no session holds them now (it may have ended)"
+        return LockTimeout(
+            f"gave up storing a batch of {len(pending)} events {after}: every attempt waited "
+            f"longer than lock_timeout ({self.lock_timeout:g} s) for a lock. Holding it: {who}. "
+            "End that session's transaction (or, if the waits are legitimate, raise the sink's "
+            "lock_timeout or retry_for)",
+            found,
+        )
 
     async def _transaction(
         self,
@@ -433,9 +498,22 @@ class PostgresEventSink:
                         if state.copying is not None:
                             state.copying.set()
                 if rejects and not (retried and await pglookup.committed(cur, earlier_txids)):
-                    await pglookup.insert_rejects(cur, rejects)  # (5)
-            except pgerrors.DataError as exc:
-                raise _DataProblem(str(exc.diag.message_primary or exc)) from exc
+                    try:
+                        await pglookup.insert_rejects(cur, rejects)  # (5)
+                    except Exception as exc:
+                        if _refusal(exc) is None:
+                            raise
+                        # Never bisected (the rows could only be refused again): columns()
+                        # makes every value storable, so only a trigger or constraint added
+                        # to noetl.event_rejected gets here.
+                        raise ProjectorError(
+                            f"noetl.event_rejected refused a rejection: {str(exc).strip()}"
+                        ) from exc
+            except Exception as exc:
+                reason = _refusal(exc)
+                if reason is None:
+                    raise
+                raise _Refused(reason) from exc
         batch.classify(
             pending, first, stored, changed, earlier_txids, state.outcomes, state.conflicts
         )
@@ -450,9 +528,40 @@ async def _first_of(waiting: Awaitable[Any], task: asyncio.Task[Any]) -> None:
         waiter.cancel()
 
 
-class _DataProblem(Exception):
-    """The database refused a value in the batch (SQLSTATE class 22)."""
+class _Refused(Exception):
+    """The database refused a row of the batch (see `_refusal`)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+#: SQLSTATE classes of a row the database refuses: data exceptions (22: a value out of range, an
+#: invalid byte sequence), integrity violations (23, a unique violation excepted: that one is a
+#: race with a writer that bypassed the locks, and retried) and program limits (54: an index
+#: entry over 2,704 bytes).
+REFUSAL_CLASSES = ("22", "23", "54")
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The reason to reject a row for, when `exc` is the database refusing one (None for other
+    errors). A text value psycopg cannot send (a lone surrogate, or NUL in a parameter) counts:
+    it is refused in the client instead of the server."""
+    if isinstance(exc, UnicodeEncodeError):
+        return f"the database cannot store it: {exc}"
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        return (
+            f"the database cannot store it: {exc}" if isinstance(exc, psycopg.DataError) else None
+        )
+    if state[:2] not in REFUSAL_CLASSES or state == "23505":
+        return None
+    diag = getattr(exc, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(exc).strip()
+    return f"the database refused it ({state}): {message}"
+
+
+def _lock_timed_out(exc: BaseException) -> bool:
+    """Whether `exc` is a lock wait cancelled by lock_timeout (the sink never locks NOWAIT, so
+    every lock_not_available is one)."""
+    return getattr(exc, "sqlstate", None) == "55P03"

@@ -41,9 +41,9 @@ from psycopg import sql
 
 from .backoff import Backoff
 from .channels import NOTIFY_CHANNEL, PROJECTOR_LOCK_CLASS
-from .database import CONNECT_KWARGS
 from .errors import ProjectorError, is_transient, translating
 from .queries import query
+from .timeouts import PROJECTION_KWARGS
 
 __all__ = [
     "DEFAULT_NAME",
@@ -245,8 +245,9 @@ async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult
 
 @translating()
 async def connect(url: str) -> AsyncConn:
-    """An autocommit connection in UTC, as the projector uses."""
-    return await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_KWARGS)
+    """An autocommit connection in UTC, as the projector uses: no statement or lock timeout,
+    whatever the database's defaults (:data:`projector.timeouts.PROJECTION_KWARGS`)."""
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, **PROJECTION_KWARGS)
 
 
 class Projector:

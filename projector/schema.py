@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects import postgresql
@@ -100,6 +101,18 @@ event_rejected = Table(
     Column("position", BigInteger, nullable=True),
     Column("reason", Text, nullable=False),
     Column("rejected_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # `raw` / `raw_bytes` hold at most projector.batch.REJECTED_PREFIX_BYTES of the input; these
+    # its full length in bytes and SHA-256 (NULL for rows from before revision 0004).
+    Column("raw_length", BigInteger, nullable=True),
+    Column("raw_sha256", LargeBinary, nullable=True),
+)
+# The same input from the same place is kept once (the sink inserts with ON CONFLICT DO NOTHING).
+Index(
+    "uq_event_rejected_input",
+    event_rejected.c.raw_sha256,
+    event_rejected.c.position,
+    func.md5(event_rejected.c.source),
+    unique=True,
 )
 
 #: One row per step, maintained by the projector (`projector project`); equal to the view

@@ -3,6 +3,8 @@ the in-process jsonb equality agrees with PostgreSQL's `jsonb =`."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -19,11 +21,13 @@ from hypothesis import strategies as st
 from projector.batch import (
     COPY_COLUMNS,
     COPY_TYPES,
+    REJECTED_PREFIX_BYTES,
     BatchResult,
     Outcome,
     Outcomes,
     Pending,
     RawEnvelope,
+    RejectedItem,
     Rejection,
     StoredRow,
     _json_bytes,
@@ -36,12 +40,13 @@ from projector.batch import (
     jsonb_equal,
     prepare,
     same_content,
+    storable_text,
     triage,
     windows,
 )
-from projector.envelope import ENVELOPE_FIELDS
+from projector.envelope import ENVELOPE_FIELDS, ExecutorEvent
 from projector.queries import query
-from tests.factories import event, events
+from tests.factories import T0, event, events
 
 # -- rows and hashes -----------------------------------------------------------------------------
 
@@ -130,6 +135,8 @@ def test_prepare_keeps_valid_items_and_rejects_the_rest_with_their_positions() -
     assert rejects[0].columns() == (
         '{"event_type": "x"}',
         None,
+        19,
+        hashlib.sha256(b'{"event_type": "x"}').digest(),
         "file.ndjson",
         7,
         rejects[0].reason,
@@ -152,6 +159,105 @@ def test_rejected_raw_bytes_are_kept_exactly_when_text_cannot_hold_them() -> Non
     (raw1, bytes1, *_), (raw2, bytes2, *_) = (r.columns() for r in rejects)
     assert bytes1 == b"\xff\x00not utf-8" and "\\xff" in raw1 and "\\x00" in raw1
     assert (raw2, bytes2) == ("a\\x00b", b"a\x00b")
+
+
+def test_a_rejected_input_keeps_a_prefix_its_length_and_its_hash() -> None:
+    """At most REJECTED_PREFIX_BYTES of the input, never a character cut in two; the length and
+    SHA-256 are the whole input's."""
+    huge = "é" * REJECTED_PREFIX_BYTES  # two bytes each: the prefix ends inside one at first
+    data = huge.encode()
+    raw, raw_bytes, length, digest, *_ = RejectedItem(0, huge, "s", 1, "r").columns()
+    assert raw_bytes is None and raw == "é" * (REJECTED_PREFIX_BYTES // 2)
+    assert (length, digest) == (len(data), hashlib.sha256(data).digest())
+    odd = b"x" + data  # now the cut splits a character: it ends before it
+    raw, raw_bytes, length, *_ = RejectedItem(0, odd, "s", 1, "r").columns()
+    assert raw_bytes is None and raw == "x" + "é" * (REJECTED_PREFIX_BYTES // 2 - 1)
+    assert length == len(odd)
+    junk = b"\xff" * (3 * REJECTED_PREFIX_BYTES)
+    raw, raw_bytes, length, *_ = RejectedItem(0, junk, "s", 1, "r").columns()
+    assert raw_bytes == junk[:REJECTED_PREFIX_BYTES] and raw == "\\xff" * REJECTED_PREFIX_BYTES
+    assert length == len(junk)
+
+
+def test_every_column_of_a_rejection_is_storable_whatever_the_input() -> None:
+    """Lone surrogates (text that UTF-8 cannot hold) and NUL anywhere: escaped in the text
+    columns, the input's exact bytes kept in raw_bytes; a position beyond a bigint dropped."""
+    raw = '{"step": "\ud800\x00"}'
+    item = RejectedItem(0, raw, "file-\udcff.ndjson", 2**64, "step: \ud800 and \x00")
+    text, raw_bytes, length, digest, source, position, reason = item.columns()
+    exact = raw.encode("utf-8", "surrogatepass")
+    assert raw_bytes == exact and length == len(exact)
+    assert digest == hashlib.sha256(exact).digest()
+    assert position is None
+    for value in (text, source, reason):
+        value.encode("utf-8")  # no lone surrogate left
+        assert "\x00" not in value
+    assert text == '{"step": "\\xed\\xa0\\x80\\x00"}'
+    assert source == "file-\\udcff.ndjson" and reason == "step: \\ud800 and \\x00"
+    assert storable_text("x" * 5000).endswith("\u2026") and len(storable_text("x" * 5000)) == 2000
+
+
+def test_no_item_can_fail_its_neighbours() -> None:
+    """Whatever validating or serialising one item raises (RecursionError, OverflowError, ...)
+    rejects that item with a reason; the others are prepared."""
+    deep: Any = {}
+    for _ in range(10_000):
+        deep = {"a": deep}
+    good = event(event_id="g")
+    unvalidated = ExecutorEvent.model_construct(**{**good.__dict__, "context": deep})
+    edge = '{"execution_id":"e","event_type":"t","created_at":"9999-12-31T23:00:00-12:00"}'
+    items: list[Any] = [
+        {"execution_id": "e", "event_type": "t", "created_at": T0, "context": deep},
+        good,
+        unvalidated,
+        RawEnvelope(edge, "f", 3),
+        RawEnvelope(
+            edge[:-1].replace("9999-12-31T23:00:00-12:00", "2026-11-20T00:00:00Z")
+            + ',"context":'
+            + "[" * 10_000
+            + "]" * 10_000
+            + "}",
+            "f",
+            4,
+        ),
+        event(event_id="h"),
+    ]
+    pending: list[Pending] = []
+    rejects: list[RejectedItem] = []
+    prepare(items, "api", pending, rejects)
+    assert [p.index for p in pending] == [1, 5]
+    reasons = {r.index: r.reason for r in rejects}
+    assert "context is nested more than 200 levels deep" in reasons[0]
+    assert "RecursionError" in reasons[2]
+    assert "out of range" in reasons[3]
+    assert "recursion limit exceeded" in reasons[4]
+    for r in rejects:
+        r.columns()  # and each rejection can be written out
+
+
+def test_raw_json_the_fast_parser_refuses_is_rejected_naming_the_field() -> None:
+    """The fast parser refuses lone surrogates in \\u escapes with a position in the text; the
+    reason names the field instead, as it does for every other input."""
+    rejects: list[RejectedItem] = []
+    base = '"execution_id":"e","event_type":"t","created_at":"2026-11-20T00:00:00Z"'
+    prepare(
+        [
+            RawEnvelope(f'{{{base},"step":"\\ud800"}}', "f", 1),
+            RawEnvelope(f'{{{base},"context":{{"\\udfff":1}}}}', "f", 2),
+            RawEnvelope(f'{{{base},"context":{"[" * 201 + "]" * 201}}}', "f", 3),
+            RawEnvelope(f"{{{base}", "f", 4),
+        ],
+        "api",
+        [],
+        rejects,
+    )
+    assert [r.reason for r in rejects[:3]] == [
+        "step contains a lone surrogate, which is not valid UTF-8",
+        "context key contains a lone surrogate, which is not valid UTF-8",
+        "context is nested more than 200 levels deep (arrays and objects inside one another), "
+        "deeper than the sink stores",
+    ]
+    assert rejects[3].reason.startswith("Invalid JSON: EOF")  # not JSON to anyone
 
 
 def test_windows_slice_sequences_and_chunk_iterables() -> None:
@@ -365,3 +471,38 @@ def test_jsonb_equality_agrees_with_postgresql(
     assert row is not None
     hypothesis_event("equal in PostgreSQL" if row[0] else "different in PostgreSQL")
     assert jsonb_equal(a, b) is row[0], f"{texts[0]} vs {texts[1]}"
+
+
+TEXT_FIELDS = ("execution_id", "event_id", "event_type", "step", "status", "worker_id")
+
+
+@pytest.mark.parametrize("form", ["mapping", "raw JSON"])
+@pytest.mark.parametrize(
+    "where", [*TEXT_FIELDS, "context value", "context key", "meta value", "meta key"]
+)
+@pytest.mark.parametrize("char", ["\x00", "\ud800"], ids=["NUL", "lone surrogate"])
+def test_validation_alone_rejects_forbidden_characters_naming_the_field(
+    form: str, where: str, char: str
+) -> None:
+    """The primary defence on its own (no database behind it to refuse the row): U+0000 and lone
+    surrogates in every text field and in JSON keys and values are rejected, the reason naming
+    the field."""
+    item: dict[str, Any] = {
+        "execution_id": "e",
+        "event_id": "1",
+        "event_type": "t",
+        "created_at": "2026-11-20T00:00:00Z",
+    }
+    bad = "x" + char
+    if where in TEXT_FIELDS:
+        item[where], expected = bad, f"{where} contains"
+    else:
+        field, kind = where.split()
+        item[field] = {"k": [bad]} if kind == "value" else {"a": {bad: 1}}
+        expected = f"{field}.k[0] contains" if kind == "value" else f"{field}.a key contains"
+    given: Any = item if form == "mapping" else RawEnvelope(json.dumps(item), "f", 1)
+    rejects: list[RejectedItem] = []
+    prepare([given], "api", [], rejects)
+    [rejected] = rejects
+    words = "a NUL character" if char == "\x00" else "a lone surrogate"
+    assert f"{expected} {words}" in rejected.reason

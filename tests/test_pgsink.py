@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
+import string
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +25,22 @@ async def count(conn: Conn, sql: str = "SELECT count(*) FROM noetl.event") -> in
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+def lose_next_commit(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the next COMMIT goes through but raises as if the connection died before the
+    answer came; the list returned holds 0 once that happened."""
+    lose = [1]
+    real_commit = psycopg.AsyncConnection.commit
+
+    async def commit(self: psycopg.AsyncConnection[Any]) -> None:
+        await real_commit(self)
+        if lose[0]:
+            lose[0] -= 1
+            raise psycopg.OperationalError("connection lost after COMMIT")
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+    return lose
 
 
 async def test_stores_each_event_once_and_counts_duplicates(database_url: str, aconn: Conn) -> None:
@@ -108,31 +127,103 @@ async def test_bad_envelopes_are_rejected_and_the_rest_stored(
     assert "\\xff" in rows[1][0]
 
 
+def random_text(n: int, seed: int = 0) -> str:
+    """`n` characters of random letters and digits: text no compression makes much shorter."""
+    return "".join(random.Random(seed).choices(string.ascii_letters + string.digits, k=n))
+
+
+POISON_TRIGGER = """
+    CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.step = 'poison' THEN
+        RAISE EXCEPTION 'poisoned step' USING ERRCODE = '22023';
+      END IF;
+      RETURN NEW;
+    END $$;
+    CREATE TRIGGER poison BEFORE INSERT ON noetl.event FOR EACH ROW EXECUTE FUNCTION poison();
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "change", "state", "message"),
+    [
+        # Stand-in for a value validation does not catch: the server raises a data exception.
+        (POISON_TRIGGER, {"step": "poison"}, "22023", "poisoned step"),
+        # Index entries over 2,704 bytes: a program limit, not a data exception.
+        ("", {"event_id": random_text(3000)}, "54000", "exceeds btree version 4 maximum 2704"),
+        ("", {"step": random_text(3000)}, "54000", "exceeds btree version 4 maximum 2704"),
+        (
+            "ALTER TABLE noetl.event ADD CONSTRAINT no_x CHECK (event_type <> 'x')",
+            {"event_type": "x"},
+            "23514",
+            'violates check constraint "no_x"',
+        ),
+    ],
+    ids=["data exception", "3 KB event id", "3 KB step", "check constraint"],
+)
 async def test_the_database_refusing_one_row_rejects_only_that_row(
-    database_url: str, aconn: Conn
+    database_url: str, aconn: Conn, setup: str, change: dict[str, str], state: str, message: str
 ) -> None:
-    # Stand-in for a value validation does not catch: the server raises a data exception.
-    await aconn.execute(
-        """
-        CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-          IF NEW.step = 'poison' THEN
-            RAISE EXCEPTION 'poisoned step' USING ERRCODE = '22023';
-          END IF;
-          RETURN NEW;
-        END $$;
-        CREATE TRIGGER poison BEFORE INSERT ON noetl.event
-          FOR EACH ROW EXECUTE FUNCTION poison();
-        """
-    )
+    if setup:
+        await aconn.execute(setup)
     batch = events(40)
-    batch[17] = batch[17].model_copy(update={"step": "poison"})
+    batch[17] = batch[17].model_copy(update=change)
     async with PostgresEventSink(database_url) as sink:
         result = await sink.emit_many(batch)
-    assert result.inserted == 39
-    assert [(r.position, r.reason) for r in result.rejected] == [(17, "poisoned step")]
+    assert result.inserted == 39 and result.outcomes[17] == "rejected"
+    [rejection] = result.rejected
+    assert rejection.position == 17 and rejection.line == 17
+    assert rejection.reason.startswith(f"the database refused it ({state}): ")
+    assert message in rejection.reason
     assert await count(aconn) == 39
-    assert await count(aconn, "SELECT count(*) FROM noetl.event_rejected") == 1
+    cur = await aconn.execute("SELECT raw, source, position, reason FROM noetl.event_rejected")
+    [(raw, source, position, reason)] = await cur.fetchall()
+    assert (json.loads(raw)["event_id"], source, position) == (batch[17].event_id, "api", 17)
+    assert reason == rejection.reason
+
+
+async def test_a_refused_raw_envelope_keeps_its_input_source_and_position(
+    database_url: str, aconn: Conn
+) -> None:
+    """The rejection of a row the database refused is that of the input as given: its bytes,
+    its file and line, like a rejection by validation (and so kept once when ingested again)."""
+    line = event(event_id=random_text(3000)).model_dump_json().encode()
+    items = [RawEnvelope(e.model_dump_json(), "f.ndjson", i + 1) for i, e in enumerate(events(6))]
+    items[4] = RawEnvelope(line, "f.ndjson", 5)
+    async with PostgresEventSink(database_url) as sink:
+        first = await sink.emit_many(items)
+        again = await sink.emit_many(items)
+    assert [(r.position, r.line) for r in first.rejected] == [(4, 5)]
+    assert again.outcomes == ["duplicate"] * 4 + ["rejected", "duplicate"]
+    cur = await aconn.execute(
+        "SELECT raw, raw_bytes, raw_length, raw_sha256, source, position FROM noetl.event_rejected"
+    )
+    assert await cur.fetchall() == [
+        (line.decode(), None, len(line), hashlib.sha256(line).digest(), "f.ndjson", 5)
+    ]
+
+
+async def test_a_batch_mixing_invalid_and_refused_items_keeps_each_rejection_once(
+    database_url: str, aconn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items validation rejects and a row the server refuses, in one batch, through the bisect
+    and a lost COMMIT: each rejection is stored exactly once."""
+    batch: list[Any] = list(events(30))
+    batch[3] = RawEnvelope(b"not json", "mixed", 4)
+    batch[11] = batch[11].model_copy(update={"step": random_text(3000)})
+    batch[20] = {"event_type": "no execution id"}
+    batch[27] = RawEnvelope(b'{"execution_id": "e", "event_type": "\\u0000"}', "mixed", 28)
+    async with PostgresEventSink(database_url) as sink:
+        lose = lose_next_commit(monkeypatch)
+        result = await sink.emit_many(batch)
+    assert lose == [0]
+    assert [r.position for r in result.rejected] == [3, 11, 20, 27]
+    assert result.inserted == 26
+    cur = await aconn.execute(
+        "SELECT position, count(*) FROM noetl.event_rejected GROUP BY 1 ORDER BY 1"
+    )
+    assert await cur.fetchall() == [(4, 1), (11, 1), (20, 1), (28, 1)]
+    assert await count(aconn) == 26
 
 
 async def test_concurrent_emitters_are_group_committed(database_url: str, aconn: Conn) -> None:
@@ -372,19 +463,10 @@ async def test_a_lost_commit_counts_once_and_keeps_rejects_once(
 ) -> None:
     """The COMMIT goes through but the connection dies before the answer: the retry recognises
     its own rows (inserted, not duplicates) and does not store the rejected line again."""
-    lose = [1]
-    real_commit = psycopg.AsyncConnection.commit
-
-    async def commit(self: psycopg.AsyncConnection[Any]) -> None:
-        await real_commit(self)
-        if lose[0]:
-            lose[0] -= 1
-            raise psycopg.OperationalError("connection lost after COMMIT")
-
     stored = event(event_id="100")
     async with PostgresEventSink(database_url) as sink:
         await sink.emit(stored)
-        monkeypatch.setattr(psycopg.AsyncConnection, "commit", commit)
+        lose = lose_next_commit(monkeypatch)
         items = [event(event_id="1"), event(event_id="1"), stored, RawEnvelope("not json", "t", 9)]
         result = await sink.emit_many(items)
     assert lose == [0]  # the COMMIT was lost once
@@ -531,3 +613,209 @@ async def test_ids_holding_the_separators_take_the_array_forms(
     assert first.inserted == 5 and again.duplicates == 5
     assert compared.outcomes == ["duplicate", "conflict"]
     assert await count(aconn) == 5
+
+
+# -- one bad item costs only itself: group commit ------------------------------------------------
+
+
+async def test_one_refused_emit_fails_only_its_own_caller(database_url: str, aconn: Conn) -> None:
+    """400 concurrent callers, one of whose events the database refuses (a 3 KB step): that
+    caller gets InvalidEnvelope, the 399 others their outcome."""
+    from projector import InvalidEnvelope
+
+    batch = events(400, per_execution=4)
+    batch[123] = batch[123].model_copy(update={"step": random_text(3000)})
+    async with PostgresEventSink(database_url) as sink:
+        outcomes = await asyncio.gather(*(sink.emit(e) for e in batch), return_exceptions=True)
+    failed = [i for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+    assert failed == [123] and isinstance(outcomes[123], InvalidEnvelope)
+    assert "exceeds btree version 4 maximum 2704" in str(outcomes[123])
+    assert await count(aconn) == 399
+    cur = await aconn.execute("SELECT source, position FROM noetl.event_rejected")
+    assert await cur.fetchall() == [("emit", None)]
+
+
+async def test_each_emit_caller_learns_its_own_outcome_when_a_transaction_fails(
+    database_url: str, aconn: Conn
+) -> None:
+    """A flush is written as several transactions; one fails for a reason that is not the row's
+    (here a trigger raising an error of no class the sink bisects): its callers get the error,
+    every caller whose event another transaction committed succeeds."""
+    await aconn.execute(
+        """
+        CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.execution_id = 'exec-3' THEN RAISE EXCEPTION 'broken trigger'; END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER broken BEFORE INSERT ON noetl.event FOR EACH ROW EXECUTE FUNCTION broken();
+        """
+    )
+    batch = events(400, per_execution=10)
+    async with PostgresEventSink(database_url, flushers=1, flush_lanes=2) as sink:
+        outcomes = await asyncio.gather(*(sink.emit(e) for e in batch), return_exceptions=True)
+    cur = await aconn.execute("SELECT event_id FROM noetl.event")
+    stored = {int(r[0]) for r in await cur.fetchall()}
+    succeeded = {i for i, o in enumerate(outcomes) if o == "inserted"}
+    assert succeeded == stored  # success exactly for the stored events
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed and all("broken trigger" in str(e) for e in failed)
+    assert succeeded  # the other lane's transaction committed, and its callers were told
+
+
+# -- bounded lock waits --------------------------------------------------------------------------
+
+
+async def hold_bucket(database_url: str, bucket: int, name: str) -> psycopg.AsyncConnection[Any]:
+    """A session (application_name `name`) holding the sink's advisory lock on `bucket` in an
+    open transaction."""
+    from projector.channels import SINK_LOCK_CLASS
+
+    blocker = await psycopg.AsyncConnection.connect(database_url, application_name=name)
+    await blocker.execute("SELECT pg_advisory_xact_lock(%s, %s)", (SINK_LOCK_CLASS, bucket))
+    return blocker
+
+
+async def test_a_writer_stalled_by_a_lock_names_the_session_holding_it(
+    database_url: str, aconn: Conn
+) -> None:
+    from projector.errors import LockTimeout
+
+    batch = events(20, execution_prefix="stall", per_execution=20)
+    blocker = await hold_bucket(database_url, pglookup.lock_bucket("stall-0"), "the-blocker")
+    pid = blocker.info.backend_pid
+    try:
+        async with PostgresEventSink(database_url, lock_timeout=0.2, retry_for=1) as sink:
+            with pytest.raises(LockTimeout) as info:
+                await sink.emit_many(batch)
+            with pytest.raises(DatabaseUnavailable):  # what callers that retry later catch
+                await sink.emit(batch[0])
+            await blocker.rollback()
+            assert (await sink.emit_many(batch)).inserted == 20  # released: stored
+    finally:
+        await blocker.close()
+    message = str(info.value)
+    assert f"pid {pid} (application_name 'the-blocker'" in message
+    assert f"advisory lock on bucket {pglookup.lock_bucket('stall-0')}" in message
+    assert "in a transaction open for" in message and "lock_timeout (0.2 s)" in message
+    assert len(info.value.blockers) == 1 and info.value.setting == "lock_timeout"
+    assert await count(aconn) == 20
+
+
+async def test_the_advisory_locks_are_requested_in_sorted_order(
+    database_url: str, aconn: Conn
+) -> None:
+    """Asserted from pg_locks, not from the absence of deadlocks: while another session holds one
+    of the batch's buckets, the sink holds exactly the buckets below it and waits for it."""
+    from projector.channels import SINK_LOCK_CLASS
+
+    batch = events(200, execution_prefix="order", per_execution=10)  # 20 executions
+    buckets = sorted({pglookup.lock_bucket(e.execution_id) for e in batch})
+    assert len(buckets) >= 10
+    held = buckets[len(buckets) // 2]
+    blocker = await hold_bucket(database_url, held, "order-blocker")
+    try:
+        async with PostgresEventSink(
+            database_url, lock_timeout=60, application_name="ordered"
+        ) as sink:
+            writing = asyncio.create_task(sink.emit_many(list(reversed(batch))))
+
+            async def locks() -> list[tuple[int, bool]]:
+                cur = await aconn.execute(
+                    "SELECT l.objid::int, l.granted FROM pg_locks l JOIN pg_stat_activity a "
+                    "USING (pid) WHERE a.application_name = 'ordered' "
+                    "AND l.locktype = 'advisory' AND l.classid::int = %s ORDER BY 1",
+                    (SINK_LOCK_CLASS,),
+                )
+                return [(int(r[0]), bool(r[1])) for r in await cur.fetchall()]
+
+            for _ in range(600):
+                seen = await locks()
+                if any(not granted for _, granted in seen):
+                    break
+                await asyncio.sleep(0.05)
+            assert seen == [(b, True) for b in buckets if b < held] + [(held, False)]
+            await blocker.rollback()
+            assert (await writing).inserted == 200
+    finally:
+        await blocker.close()
+
+
+# -- hostile dates and database-level timeouts ---------------------------------------------------
+
+
+def test_the_month_window_of_december_9999_has_no_end() -> None:
+    from datetime import UTC, datetime
+
+    from projector.pglookup import month_window
+
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert month_window([datetime(9999, 11, 3, tzinfo=UTC), last]) == (
+        datetime(9999, 11, 1, tzinfo=UTC),
+        None,
+    )
+    assert month_window([datetime(9998, 12, 3, tzinfo=UTC)])[1] == datetime(9999, 1, 1, tzinfo=UTC)
+
+
+async def test_a_december_9999_event_in_a_large_batch_is_stored(
+    database_url: str, aconn: Conn
+) -> None:
+    """A batch large and dense enough to be probed key by key in its months: with an event of
+    December 9999 the months reach past what a datetime holds, and every key is probed."""
+    from datetime import UTC, datetime
+
+    from projector.pglookup import WINDOW_MIN_KEYS
+
+    n = 2 * WINDOW_MIN_KEYS
+    stored = [event("dense", f"k-{i:05d}", at=i / 1000) for i in range(0, 2 * n, 2)]
+    late = event("dense", "k-99999", at=0).model_copy(
+        update={"created_at": datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)}
+    )
+    new = [event("dense", f"k-{i:05d}", at=i / 1000) for i in range(1, 2 * n, 2)]
+    async with PostgresEventSink(database_url) as sink:
+        await sink.emit_many([*stored, late])
+        result = await sink.emit_many([*new, late, stored[7]])
+    assert result.outcomes == ["inserted"] * len(new) + ["duplicate", "duplicate"]
+    assert await count(aconn) == len(stored) + len(new) + 1
+
+
+async def test_database_level_timeouts_do_not_reach_the_sink(
+    database_url: str, aconn: Conn
+) -> None:
+    """A statement_timeout and lock_timeout set for the database (for interactive users) would
+    cancel the sink's statements; its sessions set their own."""
+    dbname = aconn.info.dbname
+    await aconn.execute(f'ALTER DATABASE "{dbname}" SET statement_timeout = 1')
+    await aconn.execute(f'ALTER DATABASE "{dbname}" SET lock_timeout = 1')
+    async with PostgresEventSink(database_url, batch_size=5000, lock_timeout=7) as sink:
+        result = await sink.emit_many(events(20_000))
+        async with sink._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+            )
+            assert await cur.fetchone() == ("0", "7s")
+    assert result.inserted == 20_000
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"execution_id": "x\ud800"}, "the database cannot store it: 'utf-8' codec can't encode"),
+        ({"step": "a\x00b"}, "the database refused it (22021): invalid byte sequence"),
+        ({"event_id": "k\x00"}, "PostgreSQL text fields cannot contain NUL"),
+    ],
+    ids=["lone surrogate in an id", "NUL in a text column", "NUL in a looked-up id"],
+)
+async def test_text_an_unvalidated_envelope_holds_is_refused_alone(
+    database_url: str, aconn: Conn, change: dict[str, str], reason: str
+) -> None:
+    """Envelopes built without validation (model_copy) may hold text PostgreSQL cannot take; it is
+    refused in the client or the server, and only that event is rejected."""
+    batch = events(10)
+    batch[6] = batch[6].model_copy(update=change)
+    async with PostgresEventSink(database_url) as sink:
+        result = await sink.emit_many(batch)
+    assert result.outcomes == ["inserted"] * 6 + ["rejected"] + ["inserted"] * 3
+    assert reason in result.rejected[0].reason
+    assert await count(aconn) == 9
+    assert await count(aconn, "SELECT count(*) FROM noetl.event_rejected") == 1

@@ -115,7 +115,8 @@ def test_error_messages_are_escaped_and_redacted(
     assert run(["--database-url", url, "rebuild"]) == 3
     err = capsys.readouterr().err
     assert err == (
-        f"projector: error: cannot store step {SHOWN} via postgresql://app:***@127.0.0.1:1/noetl?connect_timeout=10 "
+        f"projector: error: cannot store step {SHOWN} via "
+        "postgresql://app:***@127.0.0.1:1/noetl?connect_timeout=10 "
         "DETAIL: \\u009b2J\n"
     )
 

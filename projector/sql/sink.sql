@@ -174,7 +174,30 @@ SELECT coalesce(bool_or(pg_xact_status(x::xid8) = 'committed'), false)
  FROM unnest(%s::text[]) AS x
 
 -- name: reject
--- Keep one item that is not stored: its text, its exact bytes when text cannot hold them, where
--- it came from (source, position) and why.
-INSERT INTO noetl.event_rejected (raw, raw_bytes, source, position, reason)
- VALUES (%s, %s, %s, %s, %s)
+-- Keep one item that is not stored: at most a prefix of its input as text, the same bytes
+-- exactly when text cannot hold them, the input's full length and SHA-256, where it came from
+-- (source, position) and why. Input kept already with the same SHA-256, position and source (the
+-- same file ingested twice, a message redelivered) is not kept again.
+INSERT INTO noetl.event_rejected (raw, raw_bytes, raw_length, raw_sha256, source, position, reason)
+ VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+
+-- name: blockers
+-- Who holds what a sink transaction waits for, in this database: the advisory locks
+-- (SINK_LOCK_CLASS, bucket) of the given buckets (int[]), and locks on noetl's tables that stop
+-- writes (SHARE or stronger). One row per session and lock: pid, application_name, user, state,
+-- seconds its transaction has been open (null when this role may not see it), the lock.
+SELECT a.pid, a.application_name, a.usename::text, a.state,
+ extract(epoch FROM now() - a.xact_start)::float8 AS open_for, l.what
+ FROM (SELECT pid, format('the sink''s advisory lock on bucket %%s', objid) AS what
+   FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND classid::bigint = %s AND objid::bigint = ANY(%s::int[])
+  UNION ALL
+  SELECT pid, format('%%s on %%s', mode, relation::regclass) FROM pg_locks
+   WHERE locktype = 'relation' AND granted
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+   AND relation IN (SELECT oid FROM pg_class WHERE relnamespace = 'noetl'::regnamespace)) l
+ JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE l.pid <> pg_backend_pid()
+ ORDER BY open_for DESC NULLS LAST, a.pid
