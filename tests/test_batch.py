@@ -229,7 +229,7 @@ def test_no_item_can_fail_its_neighbours() -> None:
     reasons = {r.index: r.reason for r in rejects}
     assert "context is nested more than 200 levels deep" in reasons[0]
     assert "RecursionError" in reasons[2]
-    assert "out of range" in reasons[3]
+    assert "outside the range" in reasons[3]
     assert "recursion limit exceeded" in reasons[4]
     for r in rejects:
         r.columns()  # and each rejection can be written out

@@ -156,7 +156,7 @@ def test_the_corpus_through_projector_ingest(database_url: str, tmp_path: Path) 
     # terminal is done elsewhere); all of them in noetl.event_rejected.
     listed = runs[0].stderr.decode("utf-8", "replace").splitlines()
     first = sorted(rejected)[0]
-    assert listed[0].startswith(f"{path}:{first + 1}: rejected: ")
+    assert listed[0].startswith(f"{path}:line {first + 1}: rejected: ")
 
     async def check() -> None:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:

@@ -63,7 +63,8 @@ README_BLOCKS = blocks(README.read_text(encoding="utf-8"))
 PYTHON = [b for b in README_BLOCKS if b.language == "python"]
 #: SQL in the shell blocks: `projector psql -c "..."` (the quickstart's SQL on the demo data).
 _PSQL_C = re.compile(r'projector psql -c "([^"]+)"')
-SQL = [b for b in README_BLOCKS if b.language == "sql"] + [
+#: (The Roles block creates login users: tests/test_roles.py runs it, on a server of its own.)
+SQL = [b for b in README_BLOCKS if b.language == "sql" and b.section != "Roles"] + [
     Block("sql", b.section, sql)
     for b in README_BLOCKS
     if b.language == "bash"

@@ -126,15 +126,9 @@ async def test_a_valid_event_is_not_rejected_for_a_transaction_id_in_the_future(
     await assert_stored_exactly(fault_db, keys(events))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sink: noetl.event_rejected has no key, so a message redelivered after its "
-    "rejection committed (its TERM lost with a killed bridge) is kept twice",
-)
 async def test_a_redelivered_rejection_is_kept_once(fault_db: str) -> None:
     async with PostgresEventSink(fault_db) as sink:
         for _ in range(2):  # what the bridge does when JetStream delivers the message again
             result = await sink.emit_many([BAD])
             assert [r.position for r in result.rejected] == [0]
-    assert await rejected_rows(fault_db) == [("nats:t.events.x", 7)]  # fails today: two rows
+    assert await rejected_rows(fault_db) == [("nats:t.events.x", 7)]
