@@ -470,9 +470,10 @@ class PostgresEventSink:
     ) -> None:
         """One attempt at a batch: (1) BEGIN with the locks and the range lookup in one round
         trip; (2) the stored rows of the batch's keys; (3) which of them differ in content;
-        (4) COPY the new rows; (5) keep the rejections, unless an earlier attempt committed them
-        already; then classify each item (after the commit: the pool's connection block commits at
-        its end, and rolls back on an error)."""
+        (4) COPY the new rows; (5) keep the rejections (each once: those with a position by their
+        unique key, emit()'s unless an earlier attempt committed them already); then classify
+        each item (after the commit: the pool's connection block commits at its end, and rolls
+        back on an error)."""
         if plan is None:
             plan = pglookup.plan(pending)
         first = plan.first
@@ -497,7 +498,14 @@ class PostgresEventSink:
                             await copy.write_row(p.row)
                         if state.copying is not None:
                             state.copying.set()
-                if rejects and not (retried and await pglookup.committed(cur, earlier_txids)):
+                if rejects and retried:
+                    # A rejection with a position is kept once by its unique key, whatever an
+                    # earlier attempt did; only emit()'s (no position) need to know whether an
+                    # earlier attempt's COMMIT went through.
+                    unplaced = [r for r in rejects if r.line is None]
+                    if unplaced and await pglookup.committed(cur, earlier_txids):
+                        rejects = [r for r in rejects if r.line is not None]
+                if rejects:
                     try:
                         await pglookup.insert_rejects(cur, rejects)  # (5)
                     except Exception as exc:

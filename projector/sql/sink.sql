@@ -169,8 +169,11 @@ COPY noetl.event (execution_id, event_id, event_type, step, status, created_at, 
 
 -- name: committed
 -- Whether one of the given transaction ids (earlier attempts at this batch, as text) committed
--- after all: its COMMIT went through although the connection died.
-SELECT coalesce(bool_or(pg_xact_status(x::xid8) = 'committed'), false)
+-- after all: its COMMIT went through although the connection died. An id at or past the next one
+-- to be assigned (after a crash, ids that never reached the WAL are handed out again) is not
+-- asked about: pg_xact_status() raises for it.
+SELECT coalesce(bool_or(x::xid8 < pg_snapshot_xmax(pg_current_snapshot())
+                        AND pg_xact_status(x::xid8) = 'committed'), false)
  FROM unnest(%s::text[]) AS x
 
 -- name: reject

@@ -5,10 +5,11 @@ transaction id (`pg_xact_status`). PostgreSQL hands out again, after a crash, ev
 that had not reached the WAL; so an id from before the crash can name another, committed,
 transaction after it (or lie "in the future"). These tests put the crash exactly there: they wrap
 `projector.pglookup.begin` to crash and restart the server right after the first attempt got its
-id, and let another transaction take that id (or leave the next one open). They are expected to
-fail (``xfail(strict=True)``: once the sink is fixed they pass, and the marker must go) until the
-sink stops trusting pre-crash ids; the last one pins down what a redelivered rejection does today.
-A broken set-up fails them for real (``pytest.fail``, not an assertion).
+id, and let another transaction take that id (or leave the next one open). The sink no longer
+depends on such ids for rejections that have a position (they are kept once by their unique key)
+and never asks PostgreSQL about an id past the next one to be assigned; the last test pins down
+that a redelivered rejection is kept once. A broken set-up fails them for real (``pytest.fail``,
+not an assertion).
 """
 
 from __future__ import annotations
@@ -63,12 +64,6 @@ def crash_after_first_begin(
     return txids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sink: a transaction id from before a crash can belong to another committed "
-    "transaction after it; the retry then skips the batch's rejections as 'already stored'",
-)
 async def test_rejections_survive_a_crash_whose_transaction_id_is_reused(
     pg: PgServer, fault_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,15 +84,9 @@ async def test_rejections_survive_a_crash_whose_transaction_id_is_reused(
         pytest.fail(f"premise: the id {txids[:1]} given out again ({reused}), then a retry")
     assert [r.position for r in result.rejected] == [len(events)]
     await assert_stored_exactly(fault_db, keys(events))
-    assert await rejected_rows(fault_db) == [("nats:t.events.x", 7)]  # fails today: []
+    assert await rejected_rows(fault_db) == [("nats:t.events.x", 7)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sink: after a crash an earlier attempt's transaction id can be 'in the future'; "
-    "pg_xact_status raises 22023, which the sink takes for a bad value and rejects a valid event",
-)
 async def test_a_valid_event_is_not_rejected_for_a_transaction_id_in_the_future(
     pg: PgServer, fault_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,7 +111,7 @@ async def test_a_valid_event_is_not_rejected_for_a_transaction_id_in_the_future(
         for conn in held:
             await conn.close()
     reasons = [r.reason for r in result.rejected]
-    assert len(reasons) == 1, reasons  # fails today: the valid event is rejected too
+    assert len(reasons) == 1, reasons
     await assert_stored_exactly(fault_db, keys(events))
 
 
