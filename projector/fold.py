@@ -59,7 +59,9 @@ Units, iterations, attempts (:class:`StepWalk`)
     Within a unit a terminal status is sticky: a later non-terminal one does not replace it (the
     late ``command.completed`` ``RUNNING`` after ``step.exit`` ``COMPLETED``); a later terminal one
     does. A closing event sets the unit's status to its own when that is terminal, else keeps the
-    unit's terminal status, else takes the status its type implies (:data:`COMMAND_CLOSERS`).
+    unit's terminal status (unless it starts a higher attempt of the open unit), else takes the
+    status its type implies (:data:`COMMAND_CLOSERS`). Closing events follow the attempt rules
+    above like any other: an unlabelled one of an older attempt closes nothing.
 
 Step columns (:class:`StepState`)
     An iteration's state is its latest unit's. ``iterations``; ``iterations_running`` (latest unit
@@ -547,14 +549,21 @@ class StepWalk:
             if target is None:
                 return  # closes nothing this walk knows
             u = self.units[target]
+            if k is not None and k < u.attempt and cid is None:
+                return  # a straggler of an older attempt
+            fresh = False  # the closer starts a higher attempt of an open unit
+            if k is not None and k > u.attempt:
+                u.attempt = k
+                fresh = u.open
             if is_terminal(status):
                 closing = status
-            elif is_terminal(u.status):
+            elif is_terminal(u.status) and not fresh:
                 closing = u.status
             else:
                 closing = COMMAND_CLOSERS[t]
             if closing == "FAILED":
-                u.error = error if error is not None or u.status != "FAILED" else u.error
+                keep = error is None and not fresh and u.status == "FAILED"
+                u.error = u.error if keep else error
             else:
                 u.error = None
             u.status = closing

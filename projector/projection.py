@@ -17,8 +17,10 @@ One chunk, one transaction
 means that instance is doing the work), takes the fence before the transaction writes anything,
 locks the checkpoint row, picks the chunk `[checkpoint, upper)` of at most `max_events` rows
 (never splitting one transaction's rows), recomputes exactly the steps and executions those rows
-touch with the same rules as the views, upserts them and moves the checkpoint, then commits. A
-crash anywhere rolls all of it back; the next run replays the same chunk.
+touch with the same rules as the views (the steps named by the chunk's events, and every step of
+an execution that got a terminal lifecycle event: a cancel changes them), upserts them and moves
+the checkpoint, then commits. A crash anywhere rolls all of it back; the next run replays the
+same chunk.
 
 Rebuild
 -------
@@ -169,22 +171,26 @@ async def project_chunk(
         touched = await cur.fetchall()
         events = sum(int(r[2]) for r in touched)
         step_keys = [(r[0], r[1]) for r in touched if r[1] is not None]
+        ended = sorted({r[0] for r in touched if r[3]})
         execution_ids = sorted({r[0] for r in touched})
-        if step_keys:
-            await conn.execute(
+        steps = 0
+        if step_keys or ended:
+            cur = await conn.execute(
                 query("projection.upsert_steps"),
                 {
                     "execution_ids": [k[0] for k in step_keys],
                     "steps": [k[1] for k in step_keys],
+                    "ended": ended,
                 },
             )
+            steps = cur.rowcount
         if execution_ids:
             await conn.execute(
                 query("projection.upsert_executions"), {"execution_ids": execution_ids}
             )
         await conn.execute(query("projection.write_checkpoint"), (str(upper), name))
         pending = await _pending(conn, upper)
-        return ChunkResult(events, len(step_keys), len(execution_ids), upper, pending)
+        return ChunkResult(events, steps, len(execution_ids), upper, pending)
 
 
 async def catch_up(

@@ -5,7 +5,10 @@ Stands in for the durable sink in tests; each event is stored under its resolved
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -74,3 +77,46 @@ async def read_executions(
     params = (list(execution_ids),) if execution_ids is not None else ()
     cur = await conn.execute(f"SELECT {EXECUTION_COLUMNS} FROM {relation}{where}", params)
     return {row[0]: ExecutionState(*row) for row in await cur.fetchall()}
+
+
+#: The real noetl traces and what is true in each (their README).
+TRACES = Path("/work/shared/traces")
+#: The API export's rows carry no execution id; its README names it.
+EXPORT_EXECUTION_ID = 543942402780693277
+
+
+def trace_events(name: str) -> list[ExecutorEvent]:
+    """The events of a trace file as a sink would store them.
+
+    NDJSON, or the API export's wrapped document (`{"result": [...]}`, rows given the execution id
+    its README names). Rows without `event_id` (the pft export) get the content-derived id plus the
+    number of identical rows before them, so that identical rows (a fan-out in one microsecond)
+    stay distinct events and loading the file again gives the same ids.
+    """
+    text = (TRACES / name).read_text(encoding="utf-8")
+    if name.endswith(".json"):
+        docs = [{**row, "execution_id": EXPORT_EXECUTION_ID} for row in json.loads(text)["result"]]
+    else:
+        docs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    seen: Counter[str] = Counter()
+    out = []
+    for doc in docs:
+        ev = ExecutorEvent.model_validate(doc)
+        if ev.event_id is None:
+            derived = ev.resolved_event_id()
+            seen[derived] += 1
+            ev = ev.model_copy(update={"event_id": f"{derived}:{seen[derived]}"})
+        out.append(ev)
+    return out
+
+
+async def insert_new_events(
+    conn: psycopg.AsyncConnection[Any], events: Iterable[ExecutorEvent]
+) -> int:
+    """Insert `events`, skipping rows already stored; return how many were stored."""
+    stored = 0
+    async with conn.cursor() as cur:
+        for params in rows(events):
+            await cur.execute(INSERT + " ON CONFLICT DO NOTHING", params)
+            stored += cur.rowcount
+    return stored
