@@ -48,6 +48,8 @@ class Trace:
     executions: dict[str, dict[str, Any]]
     #: Per execution, exactly its steps, and the columns the README states for each.
     steps: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: Per parent execution, its children and their statuses (`projector status` lists them).
+    children: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 DONE_ONCE = {"status": "COMPLETED", "attempts": 1, "iterations": 1}
@@ -137,6 +139,12 @@ TRACES = {
             "386072706309083136": {},
             "386072706271334400": {},
         },
+        children={
+            "386072706271334400": {
+                "386072706292305920": "COMPLETED",
+                "386072706309083136": "COMPLETED",
+            }
+        },
     ),
     "subscribe_fail": Trace(
         ("noetl_cli_subscribe_fail.ndjson",),
@@ -160,6 +168,12 @@ TRACES = {
             "386072706470612992": {},
             "386072706483195904": {},
             "386072706458030080": {},
+        },
+        children={
+            "386072706458030080": {
+                "386072706470612992": "FAILED",
+                "386072706483195904": "FAILED",
+            }
         },
     ),
     "issue305": Trace(
@@ -261,10 +275,14 @@ async def database_answers(url: str, events: list[ExecutorEvent], trace: Trace) 
     return [views, projected, as_answer(executions_of, steps_of), rebuilt]
 
 
-def cli_answer(url: str, ids: list[str], capsys: pytest.CaptureFixture[str]) -> Answer:
-    """`projector status ID --json` of each execution, timestamps read back as datetimes."""
+def cli_answer(
+    url: str, ids: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[Answer, dict[str, dict[str, str]]]:
+    """`projector status ID --json` of each execution, timestamps read back as datetimes, and
+    the child executions it lists with their statuses."""
     executions: dict[str, dict[str, Any]] = {}
     steps: dict[tuple[str, str], dict[str, Any]] = {}
+    children: dict[str, dict[str, str]] = {}
 
     def typed(doc: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -278,8 +296,13 @@ def cli_answer(url: str, ids: list[str], capsys: pytest.CaptureFixture[str]) -> 
         doc = json.loads(capsys.readouterr().out)
         for step in doc.pop("steps"):
             steps[(execution_id, step["step"])] = typed(step)
+        listed = {c["execution_id"]: c["status"] for c in doc.pop("children")}
+        if listed:
+            children[execution_id] = listed
+        parent = doc.pop("parent")
+        assert (parent or {}).get("execution_id") == doc["parent_execution_id"]
         executions[execution_id] = typed(doc)
-    return executions, steps
+    return (executions, steps), children
 
 
 @pytest.mark.parametrize("name", sorted(TRACES))
@@ -295,7 +318,9 @@ def test_trace_gives_what_its_readme_says(
     for surface, answer in zip(("views", "project", "status_of", "rebuild"), answers, strict=True):
         check_facts(trace, answer, surface)
         assert answer == python, surface
-    check_facts(trace, cli_answer(database_url, sorted(trace.executions), capsys), "cli")
+    answer, children = cli_answer(database_url, sorted(trace.executions), capsys)
+    check_facts(trace, answer, "cli")
+    assert children == trace.children
 
 
 def test_export_and_ndjson_are_the_same_60_events() -> None:
