@@ -1,6 +1,7 @@
 """Test helpers: write envelopes into noetl.event with plain SQL, read the status views and tables.
 
 Stands in for the durable sink in tests; each event is stored under its resolved event id.
+:func:`every_surface` reads the status of some executions from every SQL copy of the rules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from projector.envelope import ExecutorEvent
 from projector.fold import ExecutionState, StepState
+from projector.projection import Projector, rebuild
 
 INSERT = (
     "INSERT INTO noetl.event (execution_id, event_id, event_type, step, status, created_at, "
@@ -120,3 +122,74 @@ async def insert_new_events(
             await cur.execute(INSERT + " ON CONFLICT DO NOTHING", params)
             stored += cur.rowcount
     return stored
+
+
+#: Steps by (execution id, step) and executions by id, as one surface reports them.
+Answer = tuple[dict[tuple[str, str], StepState], dict[str, ExecutionState]]
+SURFACES = ("views", "tables", "status_of", "rebuild")
+# The per-key functions, one call per key in one statement.
+STEPS_OF = (
+    f"SELECT v.{STEP_COLUMNS.replace(', ', ', v.')} "
+    "FROM unnest(%s::text[], %s::text[]) AS k(execution_id, step) "
+    "CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v"
+)
+EXECUTIONS_OF = (
+    f"SELECT v.{EXECUTION_COLUMNS.replace(', ', ', v.')} "
+    "FROM unnest(%s::text[]) AS k(execution_id) "
+    "CROSS JOIN LATERAL noetl.execution_status_of(k.execution_id) v"
+)
+
+
+async def steps_of(
+    conn: psycopg.AsyncConnection[Any], keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], StepState]:
+    """`noetl.step_status_of` for each key (keys that are no step return no row)."""
+    keys = list(keys)
+    cur = await conn.execute(STEPS_OF, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(st.execution_id, st.step): st for st in (StepState(*r) for r in await cur.fetchall())}
+
+
+async def executions_of(
+    conn: psycopg.AsyncConnection[Any], execution_ids: Iterable[str]
+) -> dict[str, ExecutionState]:
+    """`noetl.execution_status_of` for each id (unknown ids return no row)."""
+    cur = await conn.execute(EXECUTIONS_OF, (list(execution_ids),))
+    return {r[0]: ExecutionState(*r) for r in await cur.fetchall()}
+
+
+async def every_surface(
+    conn: psycopg.AsyncConnection[Any],
+    url: str,
+    events: Sequence[ExecutorEvent],
+    *,
+    max_events: int = 10_000,
+) -> dict[str, Answer]:
+    """The status of the executions of `events` (already stored) from each of :data:`SURFACES`:
+    the views, the tables after `projector project --once`, `noetl.step_status_of` /
+    `noetl.execution_status_of` (asked for every step name the events hold, also the raw
+    `:task_sequence` ones and those of lifecycle and bookkeeping events, and an unknown
+    execution), and the tables after their rows are deleted and `rebuild` ran."""
+    ids = sorted({ev.execution_id for ev in events})
+    await Projector(url, max_events=max_events).once()
+    views = (
+        await read_steps(conn, "noetl.step_status", ids),
+        await read_executions(conn, "noetl.execution_status", ids),
+    )
+    tables = (
+        await read_steps(conn, "noetl.step_state", ids),
+        await read_executions(conn, "noetl.execution_state", ids),
+    )
+    keys = {(ev.execution_id, ev.step) for ev in events} | set(views[0])
+    unknown = ids[0] + "-none"
+    status_of = (
+        await steps_of(conn, sorted(keys | {(unknown, "a")})),
+        await executions_of(conn, [*ids, unknown]),
+    )
+    for table in ("step_state", "execution_state"):
+        await conn.execute(f"DELETE FROM noetl.{table} WHERE execution_id = ANY(%s)", (ids,))
+    await rebuild(conn)
+    rebuilt = (
+        await read_steps(conn, "noetl.step_state", ids),
+        await read_executions(conn, "noetl.execution_state", ids),
+    )
+    return dict(zip(SURFACES, (views, tables, status_of, rebuilt), strict=True))

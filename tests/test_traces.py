@@ -19,20 +19,11 @@ import pytest
 
 from projector import cli
 from projector.envelope import ExecutorEvent
-from projector.fold import ExecutionState, StepState, fold_all
-from projector.projection import Projector, rebuild
-from tests.eventlog import (
-    EXECUTION_COLUMNS,
-    STEP_COLUMNS,
-    insert_new_events,
-    read_executions,
-    read_steps,
-    trace_events,
-)
+from projector.fold import fold_all
+from tests.eventlog import Answer, every_surface, insert_new_events, trace_events
 
-Conn = psycopg.AsyncConnection[Any]
-#: One surface's answer: executions by id and steps by (execution id, step), as plain dicts.
-Answer = tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]
+#: One surface's answer as plain dicts: executions by id, steps by (execution id, step).
+Facts = tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]
 
 
 def at(text: str) -> datetime:
@@ -216,26 +207,16 @@ TRACES = {
     ),
 }
 
-STEPS_OF = (
-    f"SELECT v.{STEP_COLUMNS.replace(', ', ', v.')} FROM noetl.step_state k "
-    "CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v"
-)
-EXECUTIONS_OF = (
-    f"SELECT v.{EXECUTION_COLUMNS.replace(', ', ', v.')} FROM unnest(%s::text[]) k(id) "
-    "CROSS JOIN LATERAL noetl.execution_status_of(k.id) v"
-)
 
-
-def as_answer(
-    executions: dict[str, ExecutionState], steps: dict[tuple[str, str], StepState]
-) -> Answer:
+def as_dicts(answer: Answer) -> Facts:
+    steps, executions = answer
     return (
         {k: dict(vars(v)) for k, v in executions.items()},
         {k: dict(vars(v)) for k, v in steps.items()},
     )
 
 
-def check_facts(trace: Trace, answer: Answer, surface: str) -> None:
+def check_facts(trace: Trace, answer: Facts, surface: str) -> None:
     executions, steps = answer
     for execution_id, facts in trace.executions.items():
         row = executions[execution_id]
@@ -248,36 +229,18 @@ def check_facts(trace: Trace, answer: Answer, surface: str) -> None:
             assert {k: row[k] for k in facts} == facts, (surface, execution_id, name)
 
 
-async def database_answers(url: str, events: list[ExecutorEvent], trace: Trace) -> list[Answer]:
-    ids = sorted(trace.executions)
+async def database_answers(
+    url: str, events: list[ExecutorEvent], trace: Trace
+) -> dict[str, Answer]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         assert await insert_new_events(conn, events) == trace.rows
         assert await insert_new_events(conn, events) == 0  # the same ids again
-        views = as_answer(
-            await read_executions(conn, "noetl.execution_status"),
-            await read_steps(conn, "noetl.step_status"),
-        )
-        await Projector(url).once()
-        projected = as_answer(
-            await read_executions(conn, "noetl.execution_state"),
-            await read_steps(conn, "noetl.step_state"),
-        )
-        cur = await conn.execute(STEPS_OF)
-        steps_of = {(r[0], r[1]): StepState(*r) for r in await cur.fetchall()}
-        cur = await conn.execute(EXECUTIONS_OF, (ids,))
-        executions_of = {r[0]: ExecutionState(*r) for r in await cur.fetchall()}
-        await conn.execute("DELETE FROM noetl.step_state; DELETE FROM noetl.execution_state")
-        await rebuild(conn)
-        rebuilt = as_answer(
-            await read_executions(conn, "noetl.execution_state"),
-            await read_steps(conn, "noetl.step_state"),
-        )
-    return [views, projected, as_answer(executions_of, steps_of), rebuilt]
+        return await every_surface(conn, url, events)
 
 
 def cli_answer(
     url: str, ids: list[str], capsys: pytest.CaptureFixture[str]
-) -> tuple[Answer, dict[str, dict[str, str]]]:
+) -> tuple[Facts, dict[str, dict[str, str]]]:
     """`projector status ID --json` of each execution, timestamps read back as datetimes, and
     the child executions it lists with their statuses."""
     executions: dict[str, dict[str, Any]] = {}
@@ -311,12 +274,10 @@ def test_trace_gives_what_its_readme_says(
 ) -> None:
     trace = TRACES[name]
     events = [ev for f in trace.files for ev in trace_events(f)]
-    steps, executions = fold_all(events)
-    python = as_answer(executions, steps)
-    check_facts(trace, python, "python")
-    answers = asyncio.run(database_answers(database_url, events, trace))
-    for surface, answer in zip(("views", "project", "status_of", "rebuild"), answers, strict=True):
-        check_facts(trace, answer, surface)
+    python = fold_all(events)
+    check_facts(trace, as_dicts(python), "python")
+    for surface, answer in asyncio.run(database_answers(database_url, events, trace)).items():
+        check_facts(trace, as_dicts(answer), surface)
         assert answer == python, surface
     answer, children = cli_answer(database_url, sorted(trace.executions), capsys)
     check_facts(trace, answer, "cli")
