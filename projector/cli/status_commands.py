@@ -120,6 +120,16 @@ def _render_status(console: Console, view: StatusView) -> None:
         lines.append(f"error {x.error}")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if view.steps:
+        console.print(_steps_table(view.steps))
+    else:
+        console.print("no steps", highlight=False)
+    if view.children:
+        console.print(f"child executions: {len(view.children)}", highlight=False)
+        console.print(_executions_table(view.children, progress=False))
+
+
+def _steps_table(steps: Sequence[StepStatus]) -> Table:
     table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
     right = {"attempts", "iterations", "done/failed/running"}
     for name in (
@@ -133,7 +143,7 @@ def _render_status(console: Console, view: StatusView) -> None:
         "error",
     ):
         table.add_column(name, justify="right" if name in right else "left")
-    for s in view.steps:
+    for s in steps:
         table.add_row(
             s.step,
             f"[{_style(s.status)}]{s.status}[/]",
@@ -144,10 +154,7 @@ def _render_status(console: Console, view: StatusView) -> None:
             _duration(s.started_at, s.finished_at),
             s.error or "",
         )
-    console.print(table)
-    if view.children:
-        console.print(f"child executions: {len(view.children)}", highlight=False)
-        console.print(_executions_table(view.children, progress=False))
+    return table
 
 
 def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Table:
