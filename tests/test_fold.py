@@ -886,3 +886,88 @@ def test_rule(rule_surfaces: dict[str, Answer], name: str) -> None:
         assert {k: execution[k] for k in rule.execution} == rule.execution, surface
         assert facts(answer, name) == facts(python, name), surface
     assert set(rule_surfaces) == set(SURFACES)
+
+
+# --- the SQL fold is total ---------------------------------------------------------------------
+
+#: Rows any producer (or a hand-written INSERT) can store, at every edge the values have. None of
+#: them may make a view, a function, the projector or the rebuild raise.
+EXTREME_ROWS = r"""
+INSERT INTO noetl.event (execution_id, event_id, event_type, step, status, created_at, context,
+                         meta)
+VALUES
+  ('edge', '1', 'call.error', 's', 'FAILED', '2026-01-01Z', '{"attempt": 2147483647}', NULL),
+  ('edge', '2', 'step.enter', 's', 'RUNNING', '2026-01-01 00:00:01Z', '{}', NULL),
+  ('edge', '3', 'step.exit', 's', 'FAILED', '2026-01-01 00:00:02Z', '{"attempt": 2147483648}',
+   '{"attempt": -2147483649, "attempts": 2147483646}'),
+  ('edge', '4', 'command.issued', 'c', 'PENDING', '2026-01-01Z', '{"attempt": 1e400}',
+   '{"attempts": 2147483647, "command_id": {"nested": [1, 2]}}'),
+  ('edge', '5', 'command.issued', 'c', 'PENDING', '2026-01-01Z', '[1, 2, 3]',
+   '{"attempt": 2147483647, "loop_iteration_index": 1e30, "loop_event_id": [true]}'),
+  ('edge', '6', 'command.issued', 'c', 'PENDING', '2026-01-01Z', '"text"', '[1, 2]'),
+  ('edge', '7', 'command.failed', 'c', NULL, '2026-01-01Z', '7', '"meta is text"'),
+  ('edge', '8', 'command.completed', 'c', 'COMPLETED', '2026-01-01Z', 'null', 'null'),
+  ('edge', '9', 'step.retry', 's', NULL, '2026-01-01 00:00:03Z', '{}', '{"attempts": 0}'),
+  ('edge', '10', 'playbook_failed', 'playbook', 'FAILED', '2026-01-01 00:00:04Z',
+   jsonb_build_object('error', repeat('e', 1000000)),
+   jsonb_build_object('parent_execution_id', repeat(md5('x'), 400))),
+  ('edge', '11', '', '', '', '2026-01-01Z', '{}', NULL),
+  ('edge', '12', repeat('t', 10240), repeat('s', 10240), repeat(' ', 10240), '2026-01-01Z',
+   jsonb_build_object('playbook', repeat('p', 10240)), NULL),
+  ('early', '1', 'step.enter', 'a', 'RUNNING', '4713-01-01 00:00:00+00 BC', '{}', NULL),
+  ('early', '2', 'step.exit', 'a', 'COMPLETED', '294276-12-31 23:59:59.999999+00', '{}', NULL),
+  ('early', '3', 'playbook.completed', 'p', 'ok', '294276-12-31 23:59:59.999999+00', '{}', NULL),
+  (repeat('x', 10240), repeat('i', 10240), 'call.done', 'a:task_sequence', 'ok', '2026-01-01Z',
+   '{}', NULL)
+"""
+DEEP = "(repeat('[', 10000) || repeat(']', 10000))::jsonb"
+
+
+async def test_the_sql_fold_is_total(aconn: Conn, database_url: str) -> None:
+    from projector.projection import Projector, connect, rebuild
+
+    await aconn.execute(EXTREME_ROWS)
+    await aconn.execute(
+        "INSERT INTO noetl.event (execution_id, event_id, event_type, step, status, created_at, "
+        f"context, meta) VALUES ('deep', '1', 'call.error', 's', 'FAILED', now(), "
+        f"jsonb_build_object('error', {DEEP}), jsonb_build_object('deep', {DEEP}))"
+    )
+    read = [  # timestamps as text: years past 9999 are no Python datetimes
+        "SELECT count(*), sum(attempts), max(length(error)), max(finished_at::text) "
+        "FROM noetl.step_status",
+        "SELECT count(*), max(length(error)), max(finished_at::text), bool_and(settled) "
+        "FROM noetl.execution_status",
+        "SELECT count(*) FROM noetl.event e CROSS JOIN LATERAL "
+        "noetl.step_status_of(e.execution_id, noetl.step_name(e.step))",
+        "SELECT count(*) FROM (SELECT DISTINCT execution_id FROM noetl.event) e "
+        "CROSS JOIN LATERAL noetl.execution_status_of(e.execution_id)",
+    ]
+    for text in read:
+        await (await aconn.execute(text)).fetchall()  # type: ignore[arg-type]
+    assert await Projector(database_url).once() == 17
+    conn = await connect(database_url)
+    try:
+        result = await rebuild(conn)
+    finally:
+        await conn.close()
+    assert result.executions == 4
+    cur = await aconn.execute(
+        "SELECT execution_id, left(step, 3), status, attempts FROM noetl.step_state "
+        "WHERE execution_id IN ('edge', 'early', 'deep') ORDER BY 1, 2"
+    )
+    assert await cur.fetchall() == [
+        ("deep", "s", "FAILED", 1),
+        ("early", "a", "COMPLETED", 1),
+        ("edge", "c", "RUNNING", 2147483647),  # the command labelled by an object is open
+        ("edge", "s", "FAILED", 2147483647),  # the retry of attempt 2**31 - 1 is that attempt
+        ("edge", "sss", "RUNNING", 1),  # a 10 KB step name, a 10 KB event type
+    ]
+    cur = await aconn.execute(
+        "SELECT execution_id, status, length(error), length(parent_execution_id), "
+        "finished_at::text FROM noetl.execution_state ORDER BY 1 LIMIT 3"
+    )
+    assert await cur.fetchall() == [
+        ("deep", "RUNNING", 20000, None, None),
+        ("early", "COMPLETED", None, None, "294276-12-31 23:59:59.999999+00"),
+        ("edge", "FAILED", 1000000, 12800, "2026-01-01 00:00:04+00"),
+    ]

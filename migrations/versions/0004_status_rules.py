@@ -87,7 +87,19 @@ SELECT CASE status
 END
 $fn$;
 
--- The statuses producers send most often, spelled exactly so, skip the trim and case mapping.
+-- Trim (space, tab, CR, LF), ASCII upper case, look up. Not inlined (PL/pgSQL): the statuses
+-- that need it are few, and each query that names noetl.normalize_status stays small to plan.
+CREATE FUNCTION noetl.status_of_raw(status text, event_type text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+BEGIN
+    RETURN noetl.status_of_text(
+        translate(btrim(coalesce(status, ''), E' \t\r\n'),
+                  'abcdefghijklmnopqrstuvwxyz', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
+        event_type);
+END
+$fn$;
+
+-- The spellings producers send most often map here without a function call.
 CREATE FUNCTION noetl.normalize_status(status text, event_type text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 SELECT CASE status
@@ -96,10 +108,14 @@ SELECT CASE status
     WHEN 'PENDING' THEN 'PENDING'
     WHEN 'STARTED' THEN 'RUNNING'
     WHEN 'FAILED' THEN 'FAILED'
-    ELSE noetl.status_of_text(
-        translate(btrim(coalesce(status, ''), E' \t\r\n'),
-                  'abcdefghijklmnopqrstuvwxyz', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
-        event_type)
+    WHEN 'CANCELLED' THEN 'CANCELLED'
+    WHEN 'SKIPPED' THEN 'SKIPPED'
+    WHEN 'INITIALIZED' THEN 'RUNNING'
+    WHEN 'initialized' THEN 'RUNNING'
+    WHEN 'completed' THEN 'COMPLETED'
+    WHEN 'failed' THEN 'FAILED'
+    WHEN 'OK' THEN 'COMPLETED'
+    ELSE noetl.status_of_raw(status, event_type)
 END
 $fn$;
 
@@ -703,6 +719,7 @@ DROP FUNCTION noetl.is_bookkeeping(text, text);
 DROP FUNCTION noetl.is_execution_event(text);
 DROP FUNCTION noetl.is_terminal(text);
 DROP FUNCTION noetl.normalize_status(text, text);
+DROP FUNCTION noetl.status_of_raw(text, text);
 DROP FUNCTION noetl.status_of_type(text);
 DROP FUNCTION noetl.status_of_text(text, text);
 """
@@ -921,10 +938,12 @@ FUNCTION_COMMENTS = {
     "status_of_type(text)": "The status an event without one means, from its type: error/fail "
     "FAILED, cancel CANCELLED, skip SKIPPED, done/exit/complete/success COMPLETED, "
     "*.issued/*.queued/*.scheduled PENDING, else RUNNING.",
+    "status_of_raw(text, text)": "status_of_raw(status, event_type): noetl.status_of_text of the "
+    "status trimmed (space, tab, CR, LF) and ASCII-upper-cased.",
     "normalize_status(text, text)": "normalize_status(status, event_type): one of PENDING, "
     "RUNNING, COMPLETED, FAILED, CANCELLED, SKIPPED. The raw status is trimmed (space, tab, CR, "
     "LF), ASCII-upper-cased and looked up (noetl.status_of_text); empty or null comes from the "
-    "event type (noetl.status_of_type).",
+    "event type (noetl.status_of_type). The most common spellings are mapped inline.",
     "is_terminal(text)": "True for COMPLETED, FAILED, CANCELLED and SKIPPED.",
     "is_execution_event(text)": "True for an execution's lifecycle events: playbook., workflow., "
     "execution. and the Rust server's playbook_, workflow_, execution_ types, and "
