@@ -124,28 +124,32 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 SELECT coalesce(status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'SKIPPED'), false)
 $fn$;
 
+-- The classification functions are wrapped in coalesce(): the planner then estimates each as one
+-- boolean, instead of consulting the column statistics of every partition for every starts_with
+-- and IN (milliseconds of planning for a query on one execution).
 CREATE FUNCTION noetl.is_execution_event(event_type text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT starts_with(event_type, 'playbook.') OR starts_with(event_type, 'playbook_')
-    OR starts_with(event_type, 'workflow.') OR starts_with(event_type, 'workflow_')
-    OR starts_with(event_type, 'execution.') OR starts_with(event_type, 'execution_')
-    OR event_type = 'subscription.lifecycle'
+SELECT coalesce(starts_with(event_type, 'playbook.') OR starts_with(event_type, 'playbook_')
+                OR starts_with(event_type, 'workflow.') OR starts_with(event_type, 'workflow_')
+                OR starts_with(event_type, 'execution.') OR starts_with(event_type, 'execution_')
+                OR event_type = 'subscription.lifecycle', false)
 $fn$;
 
 -- `step` as stored: a bookkeeping node is one with or without the :task_sequence suffix.
 CREATE FUNCTION noetl.is_bookkeeping(event_type text, step text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 SELECT NOT noetl.is_execution_event(event_type)
-   AND (step IN ('events.batch', 'checkpointer', 'ingress', 'events.batch:task_sequence',
-                 'checkpointer:task_sequence', 'ingress:task_sequence')
-        OR starts_with(event_type, 'checkpoint.') OR starts_with(event_type, 'subscription.')
-        OR event_type = 'heartbeat' OR event_type LIKE '%.heartbeat')
+   AND coalesce(step IN ('events.batch', 'checkpointer', 'ingress', 'events.batch:task_sequence',
+                         'checkpointer:task_sequence', 'ingress:task_sequence')
+                OR starts_with(event_type, 'checkpoint.')
+                OR starts_with(event_type, 'subscription.')
+                OR event_type = 'heartbeat' OR right(event_type, 10) = '.heartbeat', false)
 $fn$;
 
 CREATE FUNCTION noetl.is_step_event(event_type text, step text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT step <> '' AND NOT noetl.is_execution_event(event_type)
-   AND NOT noetl.is_bookkeeping(event_type, step)
+SELECT coalesce(step <> '' AND NOT noetl.is_execution_event(event_type)
+                AND NOT noetl.is_bookkeeping(event_type, step), false)
 $fn$;
 
 CREATE FUNCTION noetl.event_class(event_type text, step text) RETURNS text
