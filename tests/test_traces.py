@@ -289,3 +289,18 @@ def test_export_and_ndjson_are_the_same_60_events() -> None:
     ndjson = trace_events("http_to_postgres_simple.ndjson")
     assert len(export) == 60
     assert {e.resolved_event_id() for e in export} == {e.resolved_event_id() for e in ndjson}
+
+
+def test_the_http_trace_cut_after_its_first_command_is_pending(database_url: str) -> None:
+    """docs/status.md's example of PENDING before work: the step, not the execution (its
+    lifecycle events started it)."""
+    events = trace_events("http_to_postgres_simple.ndjson")[:3]
+
+    async def answers() -> dict[str, Answer]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await insert_new_events(conn, events)
+            return await every_surface(conn, database_url, events)
+
+    for surface, (steps, executions) in asyncio.run(answers()).items():
+        assert {k[1]: v.status for k, v in steps.items()} == {"start": "PENDING"}, surface
+        assert executions["543942402780693277"].status == "RUNNING", surface
