@@ -14,7 +14,7 @@ from rich.console import Console
 from projector.cli import project_commands, status_commands
 from projector.envelope import ExecutorEvent
 from tests.eventlog import insert_events, trace_events
-from tests.test_projection import T0, trace
+from tests.test_projection import ev, trace
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -120,20 +120,6 @@ def test_unmigrated_database_is_an_environment_error(
 
     assert run(["--database-url", empty_database_url, *argv]) == 3
     assert "projector db upgrade" in capsys.readouterr().err
-
-
-def ev(
-    execution_id: str, n: int, event_type: str, status: str, step: str, **kw: Any
-) -> ExecutorEvent:
-    return ExecutorEvent(
-        execution_id=execution_id,
-        event_id=str(n),
-        event_type=event_type,
-        step=step,
-        status=status,
-        created_at=T0 + timedelta(seconds=n),
-        **kw,
-    )
 
 
 async def test_status_says_settled_without_an_end_event(

@@ -100,26 +100,13 @@ def statuses(draw: st.DrawFn) -> str | None:
     return left + spelled + draw(st.text(alphabet=WHITE, max_size=2))
 
 
-ATTEMPT = st.one_of(
-    st.integers(1, 3),
-    st.integers(1, 3),
-    st.integers(1, 3),
-    st.integers(1, 3),
-    st.integers(1, 3),
-    st.integers(1, 3),
-    st.just(MAX_ATTEMPT),
-    st.sampled_from([0, -1, MAX_ATTEMPT + 1, True, "2", 2.0]),
-)
-ATTEMPT_INDEX = st.one_of(
-    st.integers(0, 2),
-    st.integers(0, 2),
-    st.integers(0, 2),
-    st.integers(0, 2),
-    st.integers(0, 2),
-    st.integers(0, 2),
-    st.just(MAX_ATTEMPT - 1),
-    st.sampled_from([-1, MAX_ATTEMPT, False, "0"]),
-)
+def mostly(common: st.SearchStrategy[Any], edge: Any, invalid: list[Any]) -> st.SearchStrategy[Any]:
+    """`common` 6 times in 8, the bound `edge` once, one of `invalid` once."""
+    return st.one_of(*[common] * 6, st.just(edge), st.sampled_from(invalid))
+
+
+ATTEMPT = mostly(st.integers(1, 3), MAX_ATTEMPT, [0, -1, MAX_ATTEMPT + 1, True, "2", 2.0])
+ATTEMPT_INDEX = mostly(st.integers(0, 2), MAX_ATTEMPT - 1, [-1, MAX_ATTEMPT, False, "0"])
 ERROR = st.one_of(
     st.text(alphabet='ab é\n"\\', max_size=5),
     st.integers(-5, 5),

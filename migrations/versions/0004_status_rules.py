@@ -29,7 +29,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Scalar rules. LANGUAGE sql, IMMUTABLE, one expression each: the planner inlines them, also
-# nested. Case mapping is ASCII-only (translate), so no result depends on the database locale.
+# nested. noetl.is_terminal, noetl.json_text and noetl.attempt_value stay as revision 0002 made
+# them. Case mapping is ASCII-only (translate), so no result depends on the database locale.
 FUNCTIONS = r"""
 -- The status an event without one means, from its type (ASCII-lower-cased).
 CREATE FUNCTION noetl.status_of_type(event_type text) RETURNS text
@@ -119,11 +120,6 @@ SELECT CASE status
 END
 $fn$;
 
-CREATE FUNCTION noetl.is_terminal(status text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT coalesce(status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'SKIPPED'), false)
-$fn$;
-
 -- The classification functions are wrapped in coalesce(): the planner then estimates each as one
 -- boolean, instead of consulting the column statistics of every partition for every starts_with
 -- and IN (milliseconds of planning for a query on one execution).
@@ -166,14 +162,6 @@ SELECT CASE WHEN right(step, 14) = ':task_sequence' AND step <> ':task_sequence'
             THEN left(step, -14) ELSE step END
 $fn$;
 
--- A JSON integer from 1 to 2147483647, else null.
-CREATE FUNCTION noetl.attempt_value(value jsonb) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT CASE WHEN jsonb_typeof(value) = 'number' AND value::text ~ '^[1-9][0-9]{0,9}$'
-            THEN CASE WHEN value::text::bigint <= 2147483647 THEN value::text::integer END
-       END
-$fn$;
-
 -- A JSON integer from 0 to 2147483646 (a 0-based attempt), else null.
 CREATE FUNCTION noetl.attempt_index_value(value jsonb) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
@@ -191,13 +179,6 @@ $fn$;
 CREATE FUNCTION noetl.next_attempt(attempt integer) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 SELECT CASE WHEN attempt < 2147483647 THEN attempt + 1 ELSE attempt END
-$fn$;
-
--- A JSON string as its value, any other JSON as its text; JSON null as SQL null.
-CREATE FUNCTION noetl.json_text(value jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT CASE jsonb_typeof(value) WHEN 'null' THEN NULL WHEN 'string' THEN value #>> '{}'
-            ELSE value::text END
 $fn$;
 
 -- (`->` on JSON that is not an object is null: no type checks needed.)
@@ -683,11 +664,8 @@ DROP AGGREGATE noetl.step_fold(text, text, integer, timestamptz, text);
 DROP FUNCTION noetl.step_fold_step(noetl.step_fold_state, text, text, integer, timestamptz, text);
 DROP TYPE noetl.step_fold_state;
 DROP FUNCTION noetl.event_error(jsonb, jsonb);
-DROP FUNCTION noetl.json_text(jsonb);
 DROP FUNCTION noetl.event_attempt(jsonb, jsonb);
-DROP FUNCTION noetl.attempt_value(jsonb);
 DROP FUNCTION noetl.is_execution_event(text);
-DROP FUNCTION noetl.is_terminal(text);
 DROP FUNCTION noetl.normalize_status(text, text);
 """
 
