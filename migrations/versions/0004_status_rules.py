@@ -121,13 +121,14 @@ END
 $fn$;
 
 -- The classification functions are wrapped in coalesce(): the planner then estimates each as one
--- boolean, instead of consulting the column statistics of every partition for every starts_with
--- and IN (milliseconds of planning for a query on one execution).
+-- boolean, instead of consulting the column statistics of every partition for every pattern and
+-- IN (milliseconds of planning for a query on one execution). Prefixes are LIKE patterns (`\_` is
+-- a literal underscore): cheaper per row than starts_with.
 CREATE FUNCTION noetl.is_execution_event(event_type text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT coalesce(starts_with(event_type, 'playbook.') OR starts_with(event_type, 'playbook_')
-                OR starts_with(event_type, 'workflow.') OR starts_with(event_type, 'workflow_')
-                OR starts_with(event_type, 'execution.') OR starts_with(event_type, 'execution_')
+SELECT coalesce(event_type LIKE 'playbook.%' OR event_type LIKE 'playbook\_%'
+                OR event_type LIKE 'workflow.%' OR event_type LIKE 'workflow\_%'
+                OR event_type LIKE 'execution.%' OR event_type LIKE 'execution\_%'
                 OR event_type = 'subscription.lifecycle', false)
 $fn$;
 
@@ -137,9 +138,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
 SELECT NOT noetl.is_execution_event(event_type)
    AND coalesce(step IN ('events.batch', 'checkpointer', 'ingress', 'events.batch:task_sequence',
                          'checkpointer:task_sequence', 'ingress:task_sequence')
-                OR starts_with(event_type, 'checkpoint.')
-                OR starts_with(event_type, 'subscription.')
-                OR event_type = 'heartbeat' OR right(event_type, 10) = '.heartbeat', false)
+                OR event_type LIKE 'checkpoint.%' OR event_type LIKE 'subscription.%'
+                OR event_type = 'heartbeat' OR event_type LIKE '%.heartbeat', false)
 $fn$;
 
 CREATE FUNCTION noetl.is_step_event(event_type text, step text) RETURNS boolean
@@ -199,7 +199,7 @@ $fn$;
 
 CREATE FUNCTION noetl.event_playbook(event_type text, step text, context jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
-SELECT CASE WHEN starts_with(event_type, 'playbook.') OR starts_with(event_type, 'playbook_')
+SELECT CASE WHEN event_type LIKE 'playbook.%' OR event_type LIKE 'playbook\_%'
             THEN CASE WHEN jsonb_typeof(context -> 'playbook') = 'string'
                       THEN context ->> 'playbook'
                       WHEN step NOT IN ('', 'playbook', 'workflow', 'ingress') THEN step END

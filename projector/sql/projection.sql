@@ -46,6 +46,11 @@ SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s
 -- Move the named projection's checkpoint to the given position (position first, then name).
 UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WHERE name = %s
 
+-- name: serial
+-- No parallel plans for the rest of the transaction: a chunk's statements read a few thousand
+-- rows, where starting workers costs more than it saves (and takes every core from the writers).
+SET LOCAL max_parallel_workers_per_gather = 0
+
 -- name: plan_by_index
 -- For chunk_bounds: walk the txid indexes in order instead of sorting every unread row.
 SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off
@@ -73,22 +78,26 @@ SELECT EXISTS (SELECT 1 FROM noetl.event WHERE txid >= %s::xid8)
 
 -- name: touched
 -- The steps (by their mapped name; null for events that belong to no step) and executions of
--- the chunk [start, upper), with their number of events and whether the execution got a
--- terminal lifecycle event (a cancel changes every step of the execution).
+-- the chunk [start, upper), with their number of events, whether the execution got a terminal
+-- lifecycle event, and whether that was a cancel (a cancel, or a later end that undoes one,
+-- changes steps no event of the chunk names).
 SELECT execution_id,
        CASE WHEN noetl.is_step_event(event_type, step) THEN noetl.step_name(step) END AS step,
        count(*),
        bool_or(noetl.is_execution_event(event_type)
-               AND noetl.is_terminal(noetl.normalize_status(status, event_type))) AS ended
+               AND noetl.is_terminal(noetl.normalize_status(status, event_type))) AS ended,
+       bool_or(noetl.is_execution_event(event_type)
+               AND noetl.normalize_status(status, event_type) = 'CANCELLED') AS cancelled
 FROM noetl.event
 WHERE txid >= %s::xid8 AND txid < %s::xid8
 GROUP BY 1, 2
 
 -- name: upsert_steps
--- The steps touched by a chunk, and every step of the executions that ended in it, recomputed
--- by noetl.step_status_of: the view's rules for one step, as an index scan of that step's events.
--- (A LATERAL join against the grouped view itself let the planner aggregate the whole table once
--- the statistics said so: seconds per chunk at 600k rows.)
+-- The steps touched by a chunk, and the steps of the executions that ended in it whose status the
+-- cancel rule may change (the CANCELLED ones, and with a cancel in the chunk those not terminal),
+-- recomputed by noetl.step_status_of: the view's rules for one step, as an index scan of that
+-- step's events. (A LATERAL join against the grouped view itself let the planner aggregate the
+-- whole table once the statistics said so: seconds per chunk at 600k rows.)
 INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
                               last_event_at, last_event_type, event_count, error, iterations,
                               iterations_completed, iterations_failed, iterations_running)
@@ -99,8 +108,16 @@ FROM (
     SELECT execution_id, step FROM unnest(%(execution_ids)s::text[], %(steps)s::text[])
         AS t(execution_id, step)
     UNION
-    SELECT execution_id, step FROM noetl.step_state
-    WHERE execution_id = ANY(%(ended)s::text[])
+    SELECT s.execution_id, s.step
+    FROM unnest(%(ended)s::text[]) AS d(execution_id)
+    CROSS JOIN LATERAL (  -- per execution (an index scan), whatever the statistics say
+        SELECT ss.execution_id, ss.step FROM noetl.step_state ss
+        WHERE ss.execution_id = d.execution_id
+          AND (ss.status = 'CANCELLED'
+               OR (d.execution_id = ANY(%(cancelled)s::text[])
+                   AND NOT noetl.is_terminal(ss.status)))
+        OFFSET 0
+    ) s
 ) k
 CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v
 ON CONFLICT (execution_id, step) DO UPDATE SET
@@ -116,6 +133,9 @@ ON CONFLICT (execution_id, step) DO UPDATE SET
 -- The executions touched by a chunk: noetl.execution_activity and noetl.execution_end for each,
 -- with the steps summed up from step_state (already up to date in this transaction) instead of
 -- recomputing every step. The combination is noetl.execution_status's (see the top of this file).
+-- OFFSET 0 keeps each view a subquery evaluated per key (its execution_id qual pushed into the
+-- grouping, an index scan) instead of a join the planner may flatten into aggregating the whole
+-- table.
 INSERT INTO noetl.execution_state (execution_id, status, started_at, finished_at, last_event_at,
                                    event_count, step_count, steps_completed, steps_failed,
                                    steps_running, error, parent_execution_id, playbook,
@@ -129,10 +149,10 @@ SELECT k.execution_id,
        s.steps_running = 0
 FROM unnest(%(execution_ids)s::text[]) AS k(execution_id)
 CROSS JOIN LATERAL (
-    SELECT * FROM noetl.execution_activity v WHERE v.execution_id = k.execution_id
+    SELECT * FROM noetl.execution_activity v WHERE v.execution_id = k.execution_id OFFSET 0
 ) a
 LEFT JOIN LATERAL (
-    SELECT * FROM noetl.execution_end v WHERE v.execution_id = k.execution_id
+    SELECT * FROM noetl.execution_end v WHERE v.execution_id = k.execution_id OFFSET 0
 ) x ON true
 CROSS JOIN LATERAL (
     SELECT count(*) AS step_count,
