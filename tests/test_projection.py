@@ -327,6 +327,14 @@ async def test_a_cancel_in_a_later_chunk_cancels_projected_steps(
     state = (await read_executions(aconn, "noetl.execution_state"))["k"]
     assert (state.status, state.settled, state.open_units) == ("CANCELLED", True, 0)
     await assert_tables_equal_views(aconn, first + cancel)
+    # A later end undoes the cancel: step a runs again, b stays COMPLETED.
+    undo = [ev("k", 10, "playbook_failed", "FAILED", "playbook")]
+    await insert_events(aconn, undo)
+    assert await Projector(database_url).once() == 1
+    steps = await read_steps(aconn, "noetl.step_state")
+    assert (steps[("k", "a")].status, steps[("k", "a")].iterations_running) == ("RUNNING", 1)
+    assert steps[("k", "b")].status == "COMPLETED"
+    await assert_tables_equal_views(aconn, first + cancel + undo)
 
 
 async def test_chunk_keys_are_mapped_steps_without_bookkeeping(
