@@ -17,8 +17,10 @@ One chunk, one transaction
 means that instance is doing the work), takes the fence before the transaction writes anything,
 locks the checkpoint row, picks the chunk `[checkpoint, upper)` of at most `max_events` rows
 (never splitting one transaction's rows), recomputes exactly the steps and executions those rows
-touch with the same rules as the views, upserts them and moves the checkpoint, then commits. A
-crash anywhere rolls all of it back; the next run replays the same chunk.
+touch with the same rules as the views (the steps named by the chunk's events, and the steps of an
+execution whose cancel the chunk makes or undoes), upserts them and moves the checkpoint, then
+commits. A crash anywhere rolls all of it back; the next run replays the
+same chunk.
 
 Rebuild
 -------
@@ -164,27 +166,34 @@ async def project_chunk(
         fence, start = await _fence_and_checkpoint(conn, name)
         if start >= fence:
             return ChunkResult(0, 0, 0, start, await _pending(conn, start))
+        await conn.execute(query("projection.serial"))
         upper = await _chunk_upper(conn, start, fence, max_events)
         cur = await conn.execute(query("projection.touched"), (str(start), str(upper)))
         touched = await cur.fetchall()
         events = sum(int(r[2]) for r in touched)
         step_keys = [(r[0], r[1]) for r in touched if r[1] is not None]
+        ended = sorted({r[0] for r in touched if r[3]})
+        cancelled = sorted({r[0] for r in touched if r[4]})
         execution_ids = sorted({r[0] for r in touched})
-        if step_keys:
-            await conn.execute(
+        steps = 0
+        if step_keys or ended:
+            cur = await conn.execute(
                 query("projection.upsert_steps"),
                 {
                     "execution_ids": [k[0] for k in step_keys],
                     "steps": [k[1] for k in step_keys],
+                    "ended": ended,
+                    "cancelled": cancelled,
                 },
             )
+            steps = cur.rowcount
         if execution_ids:
             await conn.execute(
                 query("projection.upsert_executions"), {"execution_ids": execution_ids}
             )
         await conn.execute(query("projection.write_checkpoint"), (str(upper), name))
         pending = await _pending(conn, upper)
-        return ChunkResult(events, len(step_keys), len(execution_ids), upper, pending)
+        return ChunkResult(events, steps, len(execution_ids), upper, pending)
 
 
 async def catch_up(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
@@ -29,6 +29,7 @@ __all__ = [
     "ExecutionStatus",
     "HistoryEvent",
     "StepStatus",
+    "children",
     "execution_status",
     "executions",
     "history",
@@ -49,9 +50,12 @@ class ExecutionStatus(ExecutionState):
     """One execution: a row of ``noetl.execution_status``.
 
     Fields (those of :class:`projector.fold.ExecutionState`): ``execution_id``, ``status`` (the
-    last terminal status of an execution-level event, else ``RUNNING``), ``started_at``,
-    ``finished_at`` (None while running), ``last_event_at``, ``event_count``, ``step_count``,
-    ``steps_completed``, ``steps_failed``, ``steps_running``.
+    status of the last terminal lifecycle event; without one ``PENDING`` before any work, else
+    ``RUNNING``), ``started_at``, ``finished_at`` (None without an end event), ``last_event_at``,
+    ``event_count``, ``step_count``, ``steps_completed``, ``steps_failed``, ``steps_running``,
+    ``error`` (the end event's, else the first failed step's), ``parent_execution_id``,
+    ``playbook``, ``last_progress_at`` (the last event that is not bookkeeping), ``open_units``
+    (open iterations across the steps), ``settled`` (no step running).
     """
 
 
@@ -60,8 +64,10 @@ class StepStatus(StepState):
     """One step of an execution: a row of ``noetl.step_status``.
 
     Fields (those of :class:`projector.fold.StepState`): ``execution_id``, ``step``, ``status``,
-    ``attempts``, ``started_at``, ``finished_at`` (when the current terminal status was set),
-    ``last_event_at``, ``last_event_type``, ``event_count``, ``error`` (of a FAILED step).
+    ``attempts`` (tries of the iteration that needed the most), ``started_at``, ``finished_at``
+    (when the step became terminal), ``last_event_at``, ``last_event_type``, ``event_count``,
+    ``error`` (of a FAILED step), ``iterations``, ``iterations_completed``,
+    ``iterations_failed``, ``iterations_running``.
     """
 
 
@@ -78,7 +84,8 @@ class HistoryEvent:
     #: event type, ...).
     normalized_status: str
     event_id: str
-    #: The explicit attempt (``context.attempt`` or ``meta.attempt``), None without one.
+    #: The explicit attempt (``context.attempt``, ``meta.attempt`` or the 0-based
+    #: ``meta.attempts`` plus one), None without one.
     attempt: int | None
     context: Any
     worker_id: str | None
@@ -153,16 +160,33 @@ async def history(
 
 @translating()
 async def executions(
-    conn: Conn, *, status: str | None = None, limit: int = 20
+    conn: Conn,
+    *,
+    status: str | None = None,
+    limit: int = 20,
+    stalled_for: timedelta | None = None,
 ) -> list[ExecutionStatus]:
     """At most `limit` executions, newest (``started_at``) first, only those in `status` when
-    given (normalised like an event's: ``failed`` and ``error`` mean ``FAILED``).
+    given (normalised like an event's: ``failed`` and ``error`` mean ``FAILED``), and with
+    `stalled_for` only the executions that are not terminal and whose ``last_progress_at`` is
+    older than that.
 
     Exact even before the projector has caught up: the newest rows of ``noetl.execution_state``
     and every execution with unprojected events, each recomputed from the log.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
+    if stalled_for is not None and stalled_for <= timedelta(0):
+        raise ValueError("stalled_for must be more than 0")
     wanted = normalize_status(status, "") if status is not None else None
-    params = {"status": wanted, "limit": limit}
+    params = {"status": wanted, "limit": limit, "stalled": stalled_for}
     return await _fetch(conn, ExecutionStatus, query("readmodel.executions"), params)
+
+
+@translating()
+async def children(conn: Conn, execution_id: ExecutionId) -> list[ExecutionStatus]:
+    """The executions whose ``parent_execution_id`` is `execution_id`, in the order they
+    started (empty when there are none, also for an unknown id). Exact like
+    :func:`executions`."""
+    params = {"execution_id": str(execution_id)}
+    return await _fetch(conn, ExecutionStatus, query("readmodel.children"), params)

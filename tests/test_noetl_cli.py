@@ -171,7 +171,7 @@ def test_the_trail_of_the_real_cli_is_stored_as_it_wrote_it(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the status rules of issue 14 (projector/fold.py, migration 0004) are not on this "
+    reason="the status rules of issue 14 (projector/fold.py, migration 0005) are not on this "
     "branch: today the listener's `ingress` counts as a step, its lifecycle (DEACTIVATED) does "
     "not complete it, and the execution status has no error",
 )

@@ -286,6 +286,96 @@ async def test_rebuild_equals_views(aconn: Conn, database_url: str) -> None:
     await assert_tables_equal_views(aconn, events + more)
 
 
+def ev(
+    execution_id: str, n: int, event_type: str, status: str, step: str, **kw: object
+) -> ExecutorEvent:
+    return ExecutorEvent(
+        execution_id=execution_id,
+        event_id=str(n),
+        event_type=event_type,
+        step=step,
+        status=status,
+        created_at=T0 + timedelta(seconds=n),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_cancel_in_a_later_chunk_cancels_projected_steps(
+    aconn: Conn, database_url: str
+) -> None:
+    first = [
+        ev("k", 1, "playbook_started", "STARTED", "tests/pb"),
+        ev("k", 2, "command.issued", "PENDING", "a", meta={"command_id": "c1"}),
+        ev("k", 3, "command.started", "RUNNING", "a", meta={"command_id": "c1"}),
+        ev("k", 4, "step.exit", "COMPLETED", "b"),
+    ]
+    await insert_events(aconn, first)
+    await Projector(database_url).once()
+    steps = await read_steps(aconn, "noetl.step_state")
+    assert steps[("k", "a")].status == "RUNNING" and steps[("k", "a")].iterations_running == 1
+    cancel = [ev("k", 9, "playbook_cancelled", "CANCELLED", "playbook")]
+    await insert_events(aconn, cancel)  # names no step, but changes step a
+    conn = await connect(database_url)
+    try:
+        result = await catch_up(conn, until=await horizon(conn))
+    finally:
+        await conn.close()
+    assert result == 1
+    steps = await read_steps(aconn, "noetl.step_state")
+    assert (steps[("k", "a")].status, steps[("k", "a")].iterations_running) == ("CANCELLED", 0)
+    assert steps[("k", "b")].status == "COMPLETED"
+    state = (await read_executions(aconn, "noetl.execution_state"))["k"]
+    assert (state.status, state.settled, state.open_units) == ("CANCELLED", True, 0)
+    await assert_tables_equal_views(aconn, first + cancel)
+    # A later end undoes the cancel: step a runs again, b stays COMPLETED.
+    undo = [ev("k", 10, "playbook_failed", "FAILED", "playbook")]
+    await insert_events(aconn, undo)
+    assert await Projector(database_url).once() == 1
+    steps = await read_steps(aconn, "noetl.step_state")
+    assert (steps[("k", "a")].status, steps[("k", "a")].iterations_running) == ("RUNNING", 1)
+    assert steps[("k", "b")].status == "COMPLETED"
+    await assert_tables_equal_views(aconn, first + cancel + undo)
+
+
+async def test_chunk_keys_are_mapped_steps_without_bookkeeping(
+    aconn: Conn, database_url: str
+) -> None:
+    events = [
+        ev("m", 1, "command.issued", "PENDING", "fetch:task_sequence", meta={"command_id": "c"}),
+        ev("m", 2, "loop.item", "RUNNING", "fetch"),
+        ev("m", 3, "batch.accepted", "ACCEPTED", "events.batch"),
+        ev("m", 4, "checkpoint.committed", "OK", "checkpointer"),
+        ev("m", 5, "command.heartbeat", "RUNNING", "fetch"),
+        ev(
+            "m",
+            6,
+            "command.completed",
+            "COMPLETED",
+            "fetch:task_sequence",
+            meta={"command_id": "c"},
+        ),
+    ]
+    await insert_events(aconn, events)  # one transaction: one chunk
+    conn = await connect(database_url)
+    try:
+        until = await horizon(conn)
+        chunks = []
+        while (
+            (result := await project_chunk(conn)) is None
+            or result.events
+            or (result.position < until)
+        ):
+            if result is not None and result.events:
+                chunks.append((result.events, result.steps, result.executions))
+    finally:
+        await conn.close()
+    assert chunks == [(6, 1, 1)]
+    steps = await read_steps(aconn, "noetl.step_state")
+    assert list(steps) == [("m", "fetch")]
+    assert (steps[("m", "fetch")].status, steps[("m", "fetch")].event_count) == ("COMPLETED", 3)
+    await assert_tables_equal_views(aconn, events)
+
+
 async def test_run_wakes_on_notify(aconn: Conn, database_url: str) -> None:
     stop = asyncio.Event()
     # Polling every hour: only the NOTIFY can wake it within the test.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -19,7 +19,7 @@ from projector.errors import SchemaMissing, UnknownExecution
 from projector.fold import fold_all
 from projector.projection import Projector
 from projector.readmodel import ExecutionStatus, HistoryEvent, StepStatus
-from tests.eventlog import insert_events
+from tests.eventlog import insert_events, trace_events
 from tests.test_projection import T0, trace
 
 Conn = psycopg.AsyncConnection[Any]
@@ -72,7 +72,7 @@ async def test_history_in_fold_order_with_normalised_status(aconn: Conn) -> None
     first = history[0]
     assert (first.status, first.normalized_status, first.attempt) == (
         "initialized",
-        "INITIALIZED",
+        "RUNNING",
         None,
     )
     only = await readmodel.history(aconn, "h-1", step="step1")
@@ -137,3 +137,59 @@ async def test_unmigrated_database_is_schema_missing(empty_database_url: str) ->
     async with await psycopg.AsyncConnection.connect(empty_database_url) as conn:
         with pytest.raises(SchemaMissing, match="projector db upgrade"):
             await readmodel.execution_status(conn, "x")
+
+
+async def test_children_are_the_fold_of_the_executions_naming_their_parent(aconn: Conn) -> None:
+    events = trace_events("noetl_cli_subscribe_ok.ndjson")
+    await insert_events(aconn, events)
+    _, executions = fold_all(events)
+    kids = await readmodel.children(aconn, 386072706271334400)
+    assert [c.execution_id for c in kids] == ["386072706292305920", "386072706309083136"]
+    assert all(isinstance(c, ExecutionStatus) for c in kids)
+    assert [dataclasses.asdict(c) for c in kids] == [
+        dataclasses.asdict(executions[c.execution_id]) for c in kids
+    ]
+    assert await readmodel.children(aconn, "386072706292305920") == []
+    assert await readmodel.children(aconn, "no-such-run") == []
+
+
+def _live(execution_id: str, minutes_ago: list[tuple[float, str, str, str]]) -> list[ExecutorEvent]:
+    now = datetime.now(UTC)
+    return [
+        ExecutorEvent(
+            execution_id=execution_id,
+            event_id=str(i),
+            event_type=event_type,
+            step=step,
+            status=status,
+            created_at=now - timedelta(minutes=m),
+        )
+        for i, (m, event_type, step, status) in enumerate(minutes_ago)
+    ]
+
+
+async def test_stalled_executions_by_last_progress(aconn: Conn, database_url: str) -> None:
+    stuck = _live(
+        "stuck",
+        [
+            (40, "step.enter", "a", "RUNNING"),
+            (30, "step.exit", "a", "COMPLETED"),
+            (1, "checkpoint.committed", "checkpointer", "OK"),  # keeps last_event_at moving
+        ],
+    )
+    busy = _live("busy", [(50, "step.enter", "a", "RUNNING"), (1, "call.done", "a", "RUNNING")])
+    done = _live(
+        "done", [(90, "step.exit", "a", "COMPLETED"), (80, "playbook.completed", "p", "ok")]
+    )
+    await insert_events(aconn, stuck + busy + done)
+    for projected in (False, True):  # exact before and after the projector ran
+        ten = await readmodel.executions(aconn, stalled_for=timedelta(minutes=10))
+        assert [r.execution_id for r in ten] == ["stuck"], projected
+        assert ten[0].last_progress_at == stuck[1].created_at
+        assert ten[0].last_event_at == stuck[2].created_at
+        short = await readmodel.executions(aconn, stalled_for=timedelta(seconds=20))
+        assert [r.execution_id for r in short] == ["stuck", "busy"]  # newest first
+        assert await readmodel.executions(aconn, stalled_for=timedelta(hours=1)) == []
+        await Projector(database_url).once()
+    with pytest.raises(ValueError, match="stalled_for"):
+        await readmodel.executions(aconn, stalled_for=timedelta(0))

@@ -46,7 +46,7 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
     view_samples = 1 if ctx.quick else 3
     budget_ms = (2 if ctx.quick else 60) * 1000.0  # per query: slow ones stop early
     rng = random.Random(5)
-    newest = {"status": None, "limit": 50}
+    newest = {"status": None, "limit": 50, "stalled": None}
 
     def one_execution() -> tuple[str]:
         return (str(BASE_EXECUTION + rng.randrange(executions)),)

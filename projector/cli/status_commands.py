@@ -1,6 +1,10 @@
 """`projector status`, `projector history`, `projector executions`: the exact views, rendered.
 
 The rows come from :mod:`projector.readmodel`; this module parses the arguments and renders.
+`status` shows the execution (with its parent and child executions), then its steps with their
+iterations; an execution that is settled without an end event says so ("settled, 1 step failed,
+no end event") instead of a bare ``RUNNING``. `executions --stalled 10m` lists the executions
+that are not terminal and made no progress for that long.
 
 Tables are coloured on a terminal and plain text otherwise (rich decides from the stream);
 `--json` prints machine-readable JSON. An unknown execution id prints a message on stderr and the
@@ -11,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rich import box
@@ -58,13 +64,40 @@ def output_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=250, no_color=True, highlight=False)
 
 
-def _render_status(
-    console: Console, execution: ExecutionStatus, steps: Sequence[StepStatus]
-) -> None:
-    x = execution
+def _qualifier(x: ExecutionStatus) -> str:
+    """What a bare RUNNING does not say: settled without an end event."""
+    if x.status in TERMINAL or not x.settled or x.step_count == 0:
+        return ""
+    n = x.steps_failed
+    failed = f"{n} step{'' if n == 1 else 's'} failed, " if n else ""
+    return f" (settled, {failed}no end event)"
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """Everything `projector status` shows about one execution."""
+
+    execution: ExecutionStatus
+    steps: list[StepStatus]
+    children: list[ExecutionStatus]
+    #: The parent execution when it is stored (its id alone is `execution.parent_execution_id`).
+    parent: ExecutionStatus | None
+
+    def jsonable(self) -> dict[str, object]:
+        """What `projector status --json` prints."""
+        return {
+            **jsonable(self.execution),
+            "steps": [jsonable(s) for s in self.steps],
+            "parent": jsonable(self.parent) if self.parent is not None else None,
+            "children": [jsonable(c) for c in self.children],
+        }
+
+
+def _render_status(console: Console, view: StatusView) -> None:
+    x = view.execution
     console.print(
         f"execution [bold]{x.execution_id}[/bold]  "
-        f"[{_style(x.status)}]{x.status}[/]  started {_ts(x.started_at)}  "
+        f"[{_style(x.status)}]{x.status}[/]{_qualifier(x)}  started {_ts(x.started_at)}  "
         f"duration {_duration(x.started_at, x.finished_at)}  "
         f"steps {x.step_count} (completed {x.steps_completed}, "
         f"failed {x.steps_failed}, running {x.steps_running})  "
@@ -73,33 +106,100 @@ def _render_status(
         highlight=False,
         soft_wrap=True,
     )
+    lines = []
+    if x.playbook is not None:
+        lines.append(f"playbook {x.playbook}")
+    if x.parent_execution_id is not None:
+        parent = view.parent
+        known = f"  {parent.status}" if parent is not None else "  (no events stored)"
+        lines.append(f"parent {x.parent_execution_id}{known}")
+    if x.status not in TERMINAL:
+        progress = f"last progress {_ts(x.last_progress_at)}, last event {_ts(x.last_event_at)}"
+        lines.append(f"{progress}, open iterations {x.open_units}")
+    if x.error is not None:
+        lines.append(f"error {x.error}")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if view.steps:
+        console.print(_steps_table(view.steps))
+    else:
+        console.print("no steps", highlight=False)
+    if view.children:
+        console.print(f"child executions: {len(view.children)}", highlight=False)
+        console.print(_executions_table(view.children, progress=False))
+
+
+def _steps_table(steps: Sequence[StepStatus]) -> Table:
     table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
-    for name in ("step", "status", "attempts", "started", "duration", "error"):
-        table.add_column(name, justify="right" if name == "attempts" else "left")
+    right = {"attempts", "iterations", "done/failed/running"}
+    for name in (
+        "step",
+        "status",
+        "attempts",
+        "iterations",
+        "done/failed/running",
+        "started",
+        "duration",
+        "error",
+    ):
+        table.add_column(name, justify="right" if name in right else "left")
     for s in steps:
         table.add_row(
             s.step,
             f"[{_style(s.status)}]{s.status}[/]",
             str(s.attempts),
+            str(s.iterations),
+            f"{s.iterations_completed}/{s.iterations_failed}/{s.iterations_running}",
             _ts(s.started_at),
             _duration(s.started_at, s.finished_at),
             s.error or "",
         )
-    console.print(table)
+    return table
 
 
-async def _status_rows(
-    conn: readmodel.Conn, execution_id: str
-) -> tuple[ExecutionStatus, list[StepStatus]]:
+def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Table:
+    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
+    names = ["execution", "status", "started", "duration", "steps", "failed", "events"]
+    if progress:
+        names.append("last progress")
+    names.append("error")
+    for name in names:
+        table.add_column(name)
+    for r in rows:
+        cells = [
+            r.execution_id,
+            f"[{_style(r.status)}]{r.status}[/]{_qualifier(r)}",
+            _ts(r.started_at),
+            _duration(r.started_at, r.finished_at),
+            f"{r.steps_completed}/{r.step_count}",
+            str(r.steps_failed),
+            str(r.event_count),
+        ]
+        if progress:
+            cells.append(_ts(r.last_progress_at))
+        cells.append(r.error or "")
+        table.add_row(*cells)
+    return table
+
+
+async def _status_view(conn: readmodel.Conn, execution_id: str) -> StatusView:
     execution = await readmodel.execution_status(conn, execution_id)
-    return execution, await readmodel.step_statuses(conn, execution_id)
+    steps = await readmodel.step_statuses(conn, execution_id)
+    children = await readmodel.children(conn, execution.execution_id)
+    parent = None
+    if execution.parent_execution_id is not None:
+        try:
+            parent = await readmodel.execution_status(conn, execution.parent_execution_id)
+        except UnknownExecution:
+            parent = None
+    return StatusView(execution, steps, children, parent)
 
 
 async def print_status_tables(db: str, execution_ids: Sequence[str], console: Console) -> None:
     """Print the status table of each execution (used at the end of `projector demo`)."""
     async with await connect(db) as conn:
         for execution_id in execution_ids:
-            _render_status(console, *await _status_rows(conn, execution_id))
+            _render_status(console, await _status_view(conn, execution_id))
 
 
 def _fail(exc: UnknownExecution) -> int:
@@ -115,13 +215,13 @@ async def status_command(args: argparse.Namespace, db: str) -> int:
     """`projector status EXECUTION_ID [--json]`."""
     try:
         async with await connect(db) as conn:
-            execution, steps = await _status_rows(conn, args.execution_id)
+            view = await _status_view(conn, args.execution_id)
     except UnknownExecution as exc:
         return _fail(exc)
     if args.json:
-        _print_json({**jsonable(execution), "steps": [jsonable(s) for s in steps]})
+        _print_json(view.jsonable())
     else:
-        _render_status(output_console(), execution, steps)
+        _render_status(output_console(), view)
     return 0
 
 
@@ -154,27 +254,37 @@ async def history_command(args: argparse.Namespace, db: str) -> int:
 
 
 async def executions_command(args: argparse.Namespace, db: str) -> int:
-    """`projector executions [--status S] [--limit N] [--json]`: newest first."""
+    """`projector executions [--status S] [--stalled DURATION] [--limit N] [--json]`."""
     async with await connect(db) as conn:
-        rows = await readmodel.executions(conn, status=args.status or None, limit=args.limit)
+        rows = await readmodel.executions(
+            conn, status=args.status or None, limit=args.limit, stalled_for=args.stalled
+        )
     if args.json:
         _print_json([jsonable(r) for r in rows])
         return 0
-    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
-    for name in ("execution", "status", "started", "duration", "steps", "failed", "events"):
-        table.add_column(name)
-    for r in rows:
-        table.add_row(
-            r.execution_id,
-            f"[{_style(r.status)}]{r.status}[/]",
-            _ts(r.started_at),
-            _duration(r.started_at, r.finished_at),
-            f"{r.steps_completed}/{r.step_count}",
-            str(r.steps_failed),
-            str(r.event_count),
-        )
-    output_console().print(table)
+    output_console().print(_executions_table(rows, progress=args.stalled is not None))
     return 0
+
+
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+#: The longest --stalled accepted (anything longer reaches before the first event stored).
+_LONGEST = timedelta(days=36_525)
+
+
+def _duration_arg(text: str) -> timedelta:
+    """`90s`, `10m`, `2h`, `1d`, or a sum like `1h30m`: more than 0, at most 100 years."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (examples: 90s, 10m, 2h, 1d, 1h30m)"
+        )
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = days * 86_400 + hours * 3_600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError("the duration must be more than 0")
+    if total > _LONGEST.total_seconds():
+        raise argparse.ArgumentTypeError("the duration must be at most 100 years")
+    return timedelta(seconds=total)
 
 
 def _positive(text: str) -> int:
@@ -189,9 +299,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "status",
         help="step status of one execution (exact, from the views)",
-        description="Print the execution's status, then one row per step: status, attempts, "
-        "started, duration, error. Read from noetl.step_status / noetl.execution_status, so it "
-        "is exact whether or not `projector project` has run. Exit 1 for an unknown execution.",
+        description="Print the execution's status (with its playbook, parent, last progress, "
+        "error, and a note when it is settled without an end event), then one row per step: "
+        "status, attempts, iterations (done/failed/running), started, duration, error, then its "
+        "child executions. Read from noetl.step_status / noetl.execution_status, so it is exact "
+        "whether or not `projector project` has run. Exit 1 for an unknown execution.",
         epilog="example: projector status 7288213371283718001 --json",
     )
     p.add_argument("execution_id", help="the execution id (as stored: integers as decimal text)")
@@ -214,11 +326,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser(
         "executions",
         help="executions, newest first",
-        description="List executions newest first with their status and step counts; exact "
-        "even before `projector project` has caught up.",
-        epilog="example: projector executions --status FAILED --limit 5",
+        description="List executions newest first with their status, step counts and error; "
+        "exact even before `projector project` has caught up.",
+        epilog="examples: projector executions --status FAILED --limit 5; "
+        "projector executions --stalled 10m",
     )
     p.add_argument("--status", default=None, help="only executions with this status")
+    p.add_argument(
+        "--stalled",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="only executions that are not terminal and whose last progress (the last event "
+        "that is not bookkeeping) is older than DURATION: 90s, 10m, 2h, 1d, 1h30m",
+    )
     p.add_argument("--limit", type=_positive, default=20, help="at most N rows (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=executions_command)

@@ -1,13 +1,15 @@
 -- Statements of the incremental projector and the rebuild (projector/projection.py).
 --
--- The execution status rule (the last terminal status of a playbook.*/workflow.*/execution.*
--- event, RUNNING without one; started/last at the first/last event; step counts by status) is
--- written four times in SQL: the noetl.execution_status view and noetl.execution_status_of() in
--- the frozen migration 0002_status, and upsert_executions and rebuild_executions below. They
--- cannot share one text until a new migration replaces the view; until then
--- tests/test_status_properties.py binds all four (and the step rule's view, step_status_of and
--- both state tables) to the Python fold in projector/fold.py on random traces. Change one, change
--- all four and run that test.
+-- The status rules live in migration 0004_status_rules: the views noetl.step_status and
+-- noetl.execution_status, and the per-key functions noetl.step_status_of and
+-- noetl.execution_status_of (the view for one execution). The steps are written from
+-- step_status_of / step_status. The execution row is put together from the views
+-- noetl.execution_activity (what its events say outside the steps) and noetl.execution_end (its
+-- deciding lifecycle event) and from the steps just written to step_state; that last part,
+-- the step summary and the combination of the three, is written twice here (upsert_executions,
+-- rebuild_executions) and once in the view noetl.execution_status (with noetl.execution_steps).
+-- tests/test_status_properties.py binds all of them to the Python fold in projector/fold.py on
+-- random traces. Change one, change all three and run that test.
 
 -- name: try_lock
 -- The projection's advisory lock (PROJECTOR_LOCK_CLASS, hashtext(name)) for this transaction,
@@ -44,6 +46,11 @@ SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s
 -- Move the named projection's checkpoint to the given position (position first, then name).
 UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WHERE name = %s
 
+-- name: serial
+-- No parallel plans for the rest of the transaction: a chunk's statements read a few thousand
+-- rows, where starting workers costs more than it saves (and takes every core from the writers).
+SET LOCAL max_parallel_workers_per_gather = 0
+
 -- name: plan_by_index
 -- For chunk_bounds: walk the txid indexes in order instead of sorting every unread row.
 SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off
@@ -70,62 +77,91 @@ SELECT min(txid)::text FROM noetl.event WHERE txid > %s::xid8 AND txid < %s::xid
 SELECT EXISTS (SELECT 1 FROM noetl.event WHERE txid >= %s::xid8)
 
 -- name: touched
--- The steps (null for events that belong to no step) and executions of the chunk
--- [start, upper), with their number of events.
+-- The steps (by their mapped name; null for events that belong to no step) and executions of
+-- the chunk [start, upper), with their number of events, whether the execution got a terminal
+-- lifecycle event, and whether that was a cancel (a cancel, or a later end that undoes one,
+-- changes steps no event of the chunk names).
 SELECT execution_id,
-       CASE WHEN step <> '' AND NOT noetl.is_execution_event(event_type) THEN step END AS step,
-       count(*)
+       CASE WHEN noetl.is_step_event(event_type, step) THEN noetl.step_name(step) END AS step,
+       count(*),
+       bool_or(noetl.is_execution_event(event_type)
+               AND noetl.is_terminal(noetl.normalize_status(status, event_type))) AS ended,
+       bool_or(noetl.is_execution_event(event_type)
+               AND noetl.normalize_status(status, event_type) = 'CANCELLED') AS cancelled
 FROM noetl.event
 WHERE txid >= %s::xid8 AND txid < %s::xid8
 GROUP BY 1, 2
 
 -- name: upsert_steps
--- The steps touched by a chunk, recomputed by noetl.step_status_of: the view's rules for one
--- step, as an index scan of that step's events. (A LATERAL join against the grouped view itself
--- let the planner aggregate the whole table once the statistics said so: seconds per chunk at
--- 600k rows.)
+-- The steps touched by a chunk, and the steps of the executions that ended in it whose status the
+-- cancel rule may change (the CANCELLED ones, and with a cancel in the chunk those not terminal),
+-- recomputed by noetl.step_status_of: the view's rules for one step, as an index scan of that
+-- step's events. (A LATERAL join against the grouped view itself let the planner aggregate the
+-- whole table once the statistics said so: seconds per chunk at 600k rows.)
 INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
-                              last_event_at, last_event_type, event_count, error)
+                              last_event_at, last_event_type, event_count, error, iterations,
+                              iterations_completed, iterations_failed, iterations_running)
 SELECT v.execution_id, v.step, v.status, v.attempts, v.started_at, v.finished_at,
-       v.last_event_at, v.last_event_type, v.event_count, v.error
-FROM unnest(%(execution_ids)s::text[], %(steps)s::text[]) AS k(execution_id, step)
+       v.last_event_at, v.last_event_type, v.event_count, v.error, v.iterations,
+       v.iterations_completed, v.iterations_failed, v.iterations_running
+FROM (
+    SELECT execution_id, step FROM unnest(%(execution_ids)s::text[], %(steps)s::text[])
+        AS t(execution_id, step)
+    UNION
+    SELECT s.execution_id, s.step
+    FROM unnest(%(ended)s::text[]) AS d(execution_id)
+    CROSS JOIN LATERAL (  -- per execution (an index scan), whatever the statistics say
+        SELECT ss.execution_id, ss.step FROM noetl.step_state ss
+        WHERE ss.execution_id = d.execution_id
+          AND (ss.status = 'CANCELLED'
+               OR (d.execution_id = ANY(%(cancelled)s::text[])
+                   AND NOT noetl.is_terminal(ss.status)))
+        OFFSET 0
+    ) s
+) k
 CROSS JOIN LATERAL noetl.step_status_of(k.execution_id, k.step) v
 ON CONFLICT (execution_id, step) DO UPDATE SET
     status = EXCLUDED.status, attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at,
     finished_at = EXCLUDED.finished_at, last_event_at = EXCLUDED.last_event_at,
     last_event_type = EXCLUDED.last_event_type, event_count = EXCLUDED.event_count,
-    error = EXCLUDED.error
+    error = EXCLUDED.error, iterations = EXCLUDED.iterations,
+    iterations_completed = EXCLUDED.iterations_completed,
+    iterations_failed = EXCLUDED.iterations_failed,
+    iterations_running = EXCLUDED.iterations_running
 
 -- name: upsert_executions
--- The executions touched by a chunk: the execution status rule (third copy, see the top of this
--- file), with the step counts taken from step_state (already up to date in this transaction)
--- instead of recomputing every step.
+-- The executions touched by a chunk: noetl.execution_activity and noetl.execution_end for each,
+-- with the steps summed up from step_state (already up to date in this transaction) instead of
+-- recomputing every step. The combination is noetl.execution_status's (see the top of this file).
+-- OFFSET 0 keeps each view a subquery evaluated per key (its execution_id qual pushed into the
+-- grouping, an index scan) instead of a join the planner may flatten into aggregating the whole
+-- table.
 INSERT INTO noetl.execution_state (execution_id, status, started_at, finished_at, last_event_at,
                                    event_count, step_count, steps_completed, steps_failed,
-                                   steps_running)
-SELECT k.execution_id, coalesce(x.status, 'RUNNING'), a.started_at, x.finished_at,
-       a.last_event_at, a.event_count, s.step_count, s.steps_completed, s.steps_failed,
-       s.steps_running
+                                   steps_running, error, parent_execution_id, playbook,
+                                   last_progress_at, open_units, settled)
+SELECT k.execution_id,
+       coalesce(x.status, CASE WHEN a.nothing_started THEN 'PENDING' ELSE 'RUNNING' END),
+       a.started_at, x.finished_at, a.last_event_at, a.event_count, s.step_count,
+       s.steps_completed, s.steps_failed, s.steps_running,
+       coalesce(x.error, CASE WHEN x.status IS DISTINCT FROM 'COMPLETED' THEN s.first_error END),
+       a.parent_execution_id, a.playbook, a.last_progress_at, coalesce(s.open_units, 0),
+       s.steps_running = 0
 FROM unnest(%(execution_ids)s::text[]) AS k(execution_id)
 CROSS JOIN LATERAL (
-    SELECT min(e.created_at) AS started_at, max(e.created_at) AS last_event_at,
-           count(*) AS event_count
-    FROM noetl.event e WHERE e.execution_id = k.execution_id
+    SELECT * FROM noetl.execution_activity v WHERE v.execution_id = k.execution_id OFFSET 0
 ) a
 LEFT JOIN LATERAL (
-    SELECT noetl.normalize_status(e.status, e.event_type) AS status, e.created_at AS finished_at
-    FROM noetl.event e
-    WHERE e.execution_id = k.execution_id
-      AND noetl.is_execution_event(e.event_type)
-      AND noetl.is_terminal(noetl.normalize_status(e.status, e.event_type))
-    ORDER BY e.created_at DESC, e.event_id COLLATE "C" DESC
-    LIMIT 1
+    SELECT * FROM noetl.execution_end v WHERE v.execution_id = k.execution_id OFFSET 0
 ) x ON true
 CROSS JOIN LATERAL (
     SELECT count(*) AS step_count,
            count(*) FILTER (WHERE ss.status = 'COMPLETED') AS steps_completed,
            count(*) FILTER (WHERE ss.status = 'FAILED') AS steps_failed,
-           count(*) FILTER (WHERE NOT noetl.is_terminal(ss.status)) AS steps_running
+           count(*) FILTER (WHERE NOT noetl.is_terminal(ss.status)) AS steps_running,
+           sum(ss.iterations_running) AS open_units,
+           (array_agg(ss.error ORDER BY ss.finished_at, ss.step COLLATE "C")
+                FILTER (WHERE ss.status = 'FAILED'))[1] AS first_error
     FROM noetl.step_state ss WHERE ss.execution_id = k.execution_id
 ) s
 ON CONFLICT (execution_id) DO UPDATE SET
@@ -133,7 +169,10 @@ ON CONFLICT (execution_id) DO UPDATE SET
     finished_at = EXCLUDED.finished_at, last_event_at = EXCLUDED.last_event_at,
     event_count = EXCLUDED.event_count, step_count = EXCLUDED.step_count,
     steps_completed = EXCLUDED.steps_completed, steps_failed = EXCLUDED.steps_failed,
-    steps_running = EXCLUDED.steps_running
+    steps_running = EXCLUDED.steps_running, error = EXCLUDED.error,
+    parent_execution_id = EXCLUDED.parent_execution_id, playbook = EXCLUDED.playbook,
+    last_progress_at = EXCLUDED.last_progress_at, open_units = EXCLUDED.open_units,
+    settled = EXCLUDED.settled
 
 -- name: clear_steps
 -- The rebuild's first step: no step_state rows (readers see the old ones until it commits).
@@ -146,38 +185,37 @@ DELETE FROM noetl.execution_state
 -- name: rebuild_steps
 -- Every step's state from the whole log: the step_status view, set-based.
 INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
-                              last_event_at, last_event_type, event_count, error)
+                              last_event_at, last_event_type, event_count, error, iterations,
+                              iterations_completed, iterations_failed, iterations_running)
 SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
-       last_event_type, event_count, error
+       last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
+       iterations_running
 FROM noetl.step_status
 
 -- name: rebuild_executions
--- Set-based twin of upsert_executions over the whole log (fourth copy of the execution status
--- rule, see the top of this file): the execution_status view's query with the step counts from
--- the freshly rebuilt step_state.
+-- Set-based twin of upsert_executions over the whole log (see the top of this file): the
+-- execution_status view's combination, with the steps summed up from the freshly rebuilt
+-- step_state.
 INSERT INTO noetl.execution_state (execution_id, status, started_at, finished_at, last_event_at,
                                    event_count, step_count, steps_completed, steps_failed,
-                                   steps_running)
-SELECT a.execution_id, coalesce(x.status, 'RUNNING'), a.started_at, x.finished_at,
-       a.last_event_at, a.event_count, coalesce(s.step_count, 0), coalesce(s.steps_completed, 0),
-       coalesce(s.steps_failed, 0), coalesce(s.steps_running, 0)
-FROM (
-    SELECT execution_id, min(created_at) AS started_at, max(created_at) AS last_event_at,
-           count(*) AS event_count
-    FROM noetl.event GROUP BY execution_id
-) a
-LEFT JOIN (
-    SELECT DISTINCT ON (execution_id) execution_id,
-           noetl.normalize_status(status, event_type) AS status, created_at AS finished_at
-    FROM noetl.event
-    WHERE noetl.is_execution_event(event_type)
-      AND noetl.is_terminal(noetl.normalize_status(status, event_type))
-    ORDER BY execution_id, created_at DESC, event_id COLLATE "C" DESC
-) x ON x.execution_id = a.execution_id
+                                   steps_running, error, parent_execution_id, playbook,
+                                   last_progress_at, open_units, settled)
+SELECT a.execution_id,
+       coalesce(x.status, CASE WHEN a.nothing_started THEN 'PENDING' ELSE 'RUNNING' END),
+       a.started_at, x.finished_at, a.last_event_at, a.event_count, coalesce(s.step_count, 0),
+       coalesce(s.steps_completed, 0), coalesce(s.steps_failed, 0), coalesce(s.steps_running, 0),
+       coalesce(x.error, CASE WHEN x.status IS DISTINCT FROM 'COMPLETED' THEN s.first_error END),
+       a.parent_execution_id, a.playbook, a.last_progress_at, coalesce(s.open_units, 0),
+       coalesce(s.steps_running, 0) = 0
+FROM noetl.execution_activity a
+LEFT JOIN noetl.execution_end x ON x.execution_id = a.execution_id
 LEFT JOIN (
     SELECT execution_id, count(*) AS step_count,
            count(*) FILTER (WHERE status = 'COMPLETED') AS steps_completed,
            count(*) FILTER (WHERE status = 'FAILED') AS steps_failed,
-           count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running
+           count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running,
+           sum(iterations_running) AS open_units,
+           (array_agg(error ORDER BY finished_at, step COLLATE "C")
+                FILTER (WHERE status = 'FAILED'))[1] AS first_error
     FROM noetl.step_state GROUP BY execution_id
 ) s ON s.execution_id = a.execution_id
