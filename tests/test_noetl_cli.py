@@ -169,12 +169,6 @@ def test_the_trail_of_the_real_cli_is_stored_as_it_wrote_it(
             assert history == 0 and ERROR in capsys.readouterr().out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the status rules of issue 14 (projector/fold.py, migration 0005) are not on this "
-    "branch: today the listener's `ingress` counts as a step, its lifecycle (DEACTIVATED) does "
-    "not complete it, and the execution status has no error",
-)
 def test_statuses_are_what_the_traces_readme_says(
     tmp_path: Path,
     nats_url: str,

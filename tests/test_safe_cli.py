@@ -121,12 +121,6 @@ def test_error_messages_are_escaped_and_redacted(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="projector/cli/status_commands.py renders producer text raw (being rewritten; the "
-    "edits applying projector.cli.safe there come once that has landed)",
-)
 def test_status_history_and_executions_escape_producer_text(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -855,6 +855,8 @@ REJECTED_COLUMN_COMMENTS = {
     "position": "Its position in the source (line, sequence), when known.",
     "reason": "Why it was rejected.",
     "rejected_at": "When it was rejected.",
+    "raw_length": "The whole input's length in bytes (raw keeps at most a prefix of it).",
+    "raw_sha256": "SHA-256 of the whole input: with source and position, it keeps an input once.",
 }
 CHECKPOINT_COLUMN_COMMENTS = {
     "name": "The projection's name (default: default).",

@@ -23,12 +23,14 @@ from datetime import datetime, timedelta
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .. import readmodel
 from ..errors import UnknownExecution
 from ..fold import TERMINAL
 from ..projection import connect
 from ..readmodel import ExecutionStatus, StepStatus, jsonable
+from .safe import escape, markup, text
 
 __all__ = ["output_console", "print_status_tables", "register"]
 
@@ -96,8 +98,8 @@ class StatusView:
 def _render_status(console: Console, view: StatusView) -> None:
     x = view.execution
     console.print(
-        f"execution [bold]{x.execution_id}[/bold]  "
-        f"[{_style(x.status)}]{x.status}[/]{_qualifier(x)}  started {_ts(x.started_at)}  "
+        f"execution [bold]{markup(x.execution_id)}[/bold]  "
+        f"[{_style(x.status)}]{markup(x.status)}[/]{_qualifier(x)}  started {_ts(x.started_at)}  "
         f"duration {_duration(x.started_at, x.finished_at)}  "
         f"steps {x.step_count} (completed {x.steps_completed}, "
         f"failed {x.steps_failed}, running {x.steps_running})  "
@@ -108,16 +110,16 @@ def _render_status(console: Console, view: StatusView) -> None:
     )
     lines = []
     if x.playbook is not None:
-        lines.append(f"playbook {x.playbook}")
+        lines.append(f"playbook {escape(x.playbook)}")
     if x.parent_execution_id is not None:
         parent = view.parent
         known = f"  {parent.status}" if parent is not None else "  (no events stored)"
-        lines.append(f"parent {x.parent_execution_id}{known}")
+        lines.append(f"parent {escape(x.parent_execution_id)}{known}")
     if x.status not in TERMINAL:
         progress = f"last progress {_ts(x.last_progress_at)}, last event {_ts(x.last_event_at)}"
         lines.append(f"{progress}, open iterations {x.open_units}")
     if x.error is not None:
-        lines.append(f"error {x.error}")
+        lines.append(f"error {escape(x.error)}")
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if view.steps:
@@ -145,14 +147,14 @@ def _steps_table(steps: Sequence[StepStatus]) -> Table:
         table.add_column(name, justify="right" if name in right else "left")
     for s in steps:
         table.add_row(
-            s.step,
-            f"[{_style(s.status)}]{s.status}[/]",
+            text(s.step),
+            text(s.status, _style(s.status)),
             str(s.attempts),
             str(s.iterations),
             f"{s.iterations_completed}/{s.iterations_failed}/{s.iterations_running}",
             _ts(s.started_at),
             _duration(s.started_at, s.finished_at),
-            s.error or "",
+            text(s.error),
         )
     return table
 
@@ -166,9 +168,9 @@ def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Tab
     for name in names:
         table.add_column(name)
     for r in rows:
-        cells = [
-            r.execution_id,
-            f"[{_style(r.status)}]{r.status}[/]{_qualifier(r)}",
+        cells: list[str | Text] = [
+            text(r.execution_id),
+            text(r.status, _style(r.status)) + text(_qualifier(r)),
             _ts(r.started_at),
             _duration(r.started_at, r.finished_at),
             f"{r.steps_completed}/{r.step_count}",
@@ -177,7 +179,7 @@ def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Tab
         ]
         if progress:
             cells.append(_ts(r.last_progress_at))
-        cells.append(r.error or "")
+        cells.append(text(r.error))
         table.add_row(*cells)
     return table
 
@@ -208,7 +210,7 @@ def _fail(exc: UnknownExecution) -> int:
 
 
 def _print_json(doc: object) -> None:
-    print(json.dumps(doc, ensure_ascii=False, indent=2))
+    print(escape(json.dumps(doc, ensure_ascii=False, indent=2), newlines=True))
 
 
 async def status_command(args: argparse.Namespace, db: str) -> int:
@@ -241,13 +243,13 @@ async def history_command(args: argparse.Namespace, db: str) -> int:
     for e in events:
         table.add_row(
             _ts(e.created_at),
-            e.step,
-            e.event_type,
-            f"[{_style(e.normalized_status)}]{e.normalized_status}[/]"
-            + (f" ({e.status})" if e.status != e.normalized_status else ""),
+            text(e.step),
+            text(e.event_type),
+            text(e.normalized_status, _style(e.normalized_status))
+            + text(f" ({e.status})" if e.status != e.normalized_status else ""),
             "" if e.attempt is None else str(e.attempt),
-            e.event_id,
-            json.dumps(e.context, ensure_ascii=False, separators=(",", ":")),
+            text(e.event_id),
+            text(json.dumps(e.context, ensure_ascii=False, separators=(",", ":"))),
         )
     output_console().print(table)
     return 0
