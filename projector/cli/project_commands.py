@@ -71,11 +71,12 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 async def _monitor(
     db: str, name: str, tally: _Tally, stop: asyncio.Event, log_interval: float, serving: bool
 ) -> None:
-    """Refresh the lag gauges (while serving) and log progress every `log_interval` seconds."""
-    refresh = min(log_interval, LAG_REFRESH) if serving and log_interval > 0 else log_interval
+    """Log progress every `log_interval` seconds (0: never) and, while /metrics is served,
+    refresh the lag gauges every :data:`LAG_REFRESH` seconds (or `log_interval`, if shorter).
+    Uses a connection of its own."""
     if not serving and log_interval == 0:
         return
-    refresh = refresh or LAG_REFRESH
+    refresh = min(log_interval or LAG_REFRESH, LAG_REFRESH) if serving else log_interval
     next_log = time.monotonic() + log_interval
     conn = None
     try:
