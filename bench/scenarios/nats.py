@@ -317,7 +317,8 @@ def per_event_us(series: Series, key: str) -> float | None:
     values = [s.extra.get(key) for s in series.samples]
     if not values or any(v is None for v in values):
         return None
-    return statistics.median(v / s.events * 1e6 for v, s in zip(values, series.samples))
+    pairs = zip(values, series.samples, strict=True)
+    return statistics.median(v / s.events * 1e6 for v, s in pairs if v is not None)
 
 
 def cpu_metrics(direct: Series, one: Series, two: Series) -> list[Metric]:
