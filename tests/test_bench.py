@@ -97,6 +97,18 @@ def test_nats_scenario_runs_end_to_end(server_url: str, nats_url: str, tmp_path:
     assert not [s for s in asyncio.run(bench_streams()) if s.startswith("BENCH_")]
 
 
+def test_memory_scenario_sees_the_queue_fill_to_its_bound(server_url: str, tmp_path: Path) -> None:
+    """Scenario 9's child watches the group commit's queue: with more producers than
+    `max_pending`, the largest queue it sees is exactly the bound."""
+    argv = ["--quick", "--scenarios", "9", "--database-url", server_url, "--output", str(tmp_path)]
+    assert bench_cli.main(argv) == 0
+    (result,) = tmp_path.glob("*-quick-scenarios-9.json")
+    (scenario,) = json.loads(result.read_text())["scenarios"]
+    assert scenario["error"] is None
+    metrics = {m["label"]: m for m in scenario["metrics"]}
+    assert metrics["largest queue seen"]["value"] == 10_000  # the sink's default max_pending
+
+
 def test_process_cpu_is_read_from_proc() -> None:
     """`bench.proccpu` reads a process's CPU time as getrusage counts it, and finds processes by
     name; a pid that does not exist reads as unknown."""
