@@ -53,9 +53,10 @@ async def main(url: str, n: int, producers: int) -> dict[str, float]:
 
         async def watch() -> None:
             nonlocal max_queue
-            assert sink._queue is not None
+            group = sink._group  # the group commit's queue (GroupCommit.queued)
+            assert group is not None
             while not stop.is_set():
-                max_queue = max(max_queue, sink._queue.qsize())
+                max_queue = max(max_queue, group.queued)
                 await asyncio.sleep(0.05)
 
         async def producer() -> None:

@@ -519,8 +519,14 @@ def prepare(
     for i in range(start, len(items) if stop is None else min(stop, len(items))):
         item = items[i]
         try:
-            if item.__class__ is ExecutorEvent:
+            # The two common classes by identity first: isinstance() against a pydantic model
+            # goes through its metaclass's __instancecheck__ (~1-3 us an item, measured in the
+            # NATS bridge's profile).
+            if type(item) is ExecutorEvent:
                 pending.append(encode(i, item))
+                continue
+            if type(item) is RawEnvelope:
+                pending.append(encode(i, ExecutorEvent.parse_json(item.raw)))
                 continue
             if isinstance(item, ExecutorEvent):
                 event = item

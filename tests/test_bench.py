@@ -47,6 +47,14 @@ def test_quick_run_writes_results(server_url: str, tmp_path: Path) -> None:
             (prefix, prefix + "\\_%"),
         ).fetchone()
     assert row is not None and row[0] == 0
+    # The client's CPU per event is reported beside the rates (scenarios 1 and 3).
+    labels = {m["label"]: m for s in doc["scenarios"] for m in s["metrics"]}
+    for label in (
+        "client CPU per event: emit_many",
+        "client CPU per event: raw COPY, 1 connection",
+        "emit() client CPU per event",
+    ):
+        assert labels[label]["unit"] == "µs" and labels[label]["value"] > 0
 
 
 @pytest.mark.nats
@@ -68,6 +76,15 @@ def test_nats_scenario_runs_end_to_end(server_url: str, nats_url: str, tmp_path:
         assert [s["events"] for s in series["samples"]] == [3000]
     one_bridge = scenario["metrics"][0]
     assert one_bridge["target"] == 0.5 and one_bridge["ratio"] > 0
+    # Each process's CPU per stored event; the bridge's against the direct client's.
+    metrics = {m["label"]: m for m in scenario["metrics"]}
+    cpu = metrics["CPU per event: 1 bridge (ratio: direct client's / bridge's)"]
+    assert cpu["target"] == pytest.approx(1 / 1.5, abs=1e-3)
+    assert cpu["value"] > 0 and cpu["ratio"] > 0
+    for label in ("publisher, while 1 bridge stores", "direct sink client (emit_many)"):
+        assert metrics[f"CPU per event: {label}"]["value"] > 0
+    (bridge_round,) = scenario["series"]["end to end, 1 bridge"]["samples"]
+    assert bridge_round["extra"]["bridge_cpu_seconds"] > 0
 
     # Every round's stream is gone.
     async def bench_streams() -> list[str]:
@@ -78,6 +95,41 @@ def test_nats_scenario_runs_end_to_end(server_url: str, nats_url: str, tmp_path:
             await nc.close()
 
     assert not [s for s in asyncio.run(bench_streams()) if s.startswith("BENCH_")]
+
+
+def test_memory_scenario_sees_the_queue_fill_to_its_bound(server_url: str, tmp_path: Path) -> None:
+    """Scenario 9's child watches the group commit's queue: with more producers than
+    `max_pending`, the largest queue it sees is exactly the bound."""
+    argv = ["--quick", "--scenarios", "9", "--database-url", server_url, "--output", str(tmp_path)]
+    assert bench_cli.main(argv) == 0
+    (result,) = tmp_path.glob("*-quick-scenarios-9.json")
+    (scenario,) = json.loads(result.read_text())["scenarios"]
+    assert scenario["error"] is None
+    metrics = {m["label"]: m for m in scenario["metrics"]}
+    assert metrics["largest queue seen"]["value"] == 10_000  # the sink's default max_pending
+
+
+def test_process_cpu_is_read_from_proc() -> None:
+    """`bench.proccpu` reads a process's CPU time as getrusage counts it, and finds processes by
+    name; a pid that does not exist reads as unknown."""
+    import resource
+    import time
+
+    from bench.proccpu import cpu_seconds, pids_named
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc")
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn CPU for the clock to see
+        pass
+    after = cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after - before >= 0.1
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    assert abs(after - (usage.ru_utime + usage.ru_stime)) < 0.1
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert os.getpid() in pids_named(comm)
+    assert cpu_seconds(2**22 + 12345) is None  # above pid_max: never a process
 
 
 def test_nats_scenario_is_skipped_without_a_server(server_url: str, tmp_path: Path) -> None:

@@ -17,6 +17,15 @@ Variants, alternated round by round on one fresh database:
 
 Every round gets its own stream, subject prefix and durable consumer, deleted afterwards. Without
 a NATS server with JetStream at ``--nats-url`` the scenario is skipped.
+
+CPU per event, next to the wall-clock ratio: each process's user + system CPU time over the timed
+span divided by the events stored: the bridges (``/proc/<pid>/stat`` read at "go" and when the last
+event is acknowledged, :mod:`bench.proccpu`), the publisher (its own ``getrusage`` over go -> last
+acknowledgement), the nats-server process (``/proc``, when this user may read it; a server shared
+with other clients counts their work too) and, for the direct baseline, this process during
+`emit_many`. The target compares the bridge's figure with the direct sink client's, measured in
+the same run: the bridge's work (receiving, parsing and validating JSON, acknowledging) over what a
+client that already holds envelopes spends. PostgreSQL's CPU is not counted for either.
 """
 
 from __future__ import annotations
@@ -39,11 +48,23 @@ from projector.errors import NatsUnavailable
 from projector.jetstream import connect, ensure_stream
 
 from ..events import fresh_events
-from ..runner import Context, Metric, Sample, ScenarioResult, SkipScenario, measure, median_ratio
+from ..proccpu import cpu_seconds, pids_named
+from ..runner import (
+    Context,
+    Metric,
+    Sample,
+    ScenarioResult,
+    Series,
+    SkipScenario,
+    measure,
+    median_ratio,
+)
 from .common import BATCH, timed_emit_many
 
 ID, KEY, TITLE = 10, "nats", "NATS end to end"
 TARGET = 0.5  # one bridge, of the direct rate
+#: The bridge's CPU per stored event may be at most this many times the direct client's.
+CPU_TARGET = 1.5
 DURABLE = "projector"
 POLL = 0.01
 START_LIMIT = 60.0  # seconds for the processes to start and connect
@@ -139,11 +160,29 @@ async def go(proc: asyncio.subprocess.Process) -> None:
     await proc.stdin.drain()
 
 
-async def publisher_seconds(proc: asyncio.subprocess.Process) -> float:
+async def publisher_report(proc: asyncio.subprocess.Process) -> tuple[float, float]:
+    """The publisher's seconds (go -> last acknowledgement) and CPU seconds over them."""
     out, _ = await asyncio.wait_for(proc.communicate(), START_LIMIT * 5)
     if proc.returncode != 0:
         raise RuntimeError(f"the publisher process exited with {proc.returncode}")
-    return float(json.loads(out.decode().splitlines()[-1])["seconds"])
+    report = json.loads(out.decode().splitlines()[-1])
+    return float(report["seconds"]), float(report["cpu_seconds"])
+
+
+def nats_server_cpu() -> float | None:
+    """CPU seconds of the nats-server process so far (None: none found, or several)."""
+    pids = pids_named("nats-server")
+    return cpu_seconds(pids[0]) if len(pids) == 1 else None
+
+
+def cpu_of(pids: list[int]) -> float | None:
+    """The CPU seconds of `pids` together (None when one cannot be read)."""
+    seconds = [cpu_seconds(pid) for pid in pids]
+    return None if None in seconds else sum(s for s in seconds if s is not None)
+
+
+def spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def consume_argv(db_url: str, nats_url: str, r: Round) -> list[str]:
@@ -211,11 +250,15 @@ async def end_to_end(db_url: str, nats_url: str, js: Any, n: int, bridges: int) 
             pub = await start_publisher(nats_url, r, n)
             await poll(waiting, "the bridges' pull requests", START_LIMIT, 0.02)
             before = await count_rows(db_url)
+            pids = [p.pid for p in procs]
+            bridge_cpu, server_cpu = cpu_of(pids), nats_server_cpu()
             start = time.perf_counter()
             await go(pub)
             await poll(stored, "every event to be stored", 120 + n / 500)
             seconds = time.perf_counter() - start
-            publish = await publisher_seconds(pub)
+            bridge_cpu = spent(bridge_cpu, cpu_of(pids))
+            server_cpu = spent(server_cpu, nats_server_cpu())
+            publish, publish_cpu = await publisher_report(pub)
             rows = await count_rows(db_url) - before
             if rows != n:
                 raise AssertionError(f"{rows} of {n} events were stored")
@@ -240,6 +283,9 @@ async def end_to_end(db_url: str, nats_url: str, js: Any, n: int, bridges: int) 
         {
             "publish_seconds": publish,
             "publish_rate": n / publish if publish > 0 else 0.0,
+            "bridge_cpu_seconds": bridge_cpu,
+            "publisher_cpu_seconds": publish_cpu,
+            "nats_server_cpu_seconds": server_cpu,
             "stored": [s["stored"] for s in summaries],
             "duplicates": sum(s["duplicates"] for s in summaries),
             "redelivered": sum(s["redelivered"] for s in summaries),
@@ -254,7 +300,7 @@ async def publish_alone(nats_url: str, js: Any, n: int) -> Sample:
         pub = await start_publisher(nats_url, r, n)
         try:
             await go(pub)
-            seconds = await publisher_seconds(pub)
+            seconds, cpu = await publisher_report(pub)
             stream = await js.stream_info(r.stream)
             if stream.state.messages != n:
                 raise AssertionError(f"{stream.state.messages} of {n} events are in the stream")
@@ -262,7 +308,46 @@ async def publish_alone(nats_url: str, js: Any, n: int) -> Sample:
             if pub.returncode is None:
                 pub.kill()
                 await pub.wait()
-    return Sample(n, seconds)
+    return Sample(n, seconds, {"publisher_cpu_seconds": cpu})
+
+
+def per_event_us(series: Series, key: str) -> float | None:
+    """The median over `series`' rounds of `key` (CPU seconds) per event, in µs; None when a
+    round could not measure it."""
+    values = [s.extra.get(key) for s in series.samples]
+    if not values or any(v is None for v in values):
+        return None
+    pairs = zip(values, series.samples, strict=True)
+    return statistics.median(v / s.events * 1e6 for v, s in pairs if v is not None)
+
+
+def cpu_metrics(direct: Series, one: Series, two: Series) -> list[Metric]:
+    """CPU per stored event of each process, and the bridge's against the direct client's."""
+    client = per_event_us(direct, "cpu_seconds")
+    metrics: list[Metric] = []
+    for label, series in (("1 bridge", one), ("2 bridges", two)):
+        bridge = per_event_us(series, "bridge_cpu_seconds")
+        if bridge is not None and client:
+            # The table's targets are lower bounds: "bridge <= 1.5x the client" is written as
+            # client / bridge >= 1 / 1.5.
+            metrics.append(
+                Metric.against(
+                    f"CPU per event: {label} (ratio: direct client's / bridge's)",
+                    bridge,
+                    "µs",
+                    client / max(bridge, 1e-9),
+                    round(1 / CPU_TARGET, 3) if label == "1 bridge" else None,
+                )
+            )
+    for label, series, key in (
+        ("publisher, while 1 bridge stores", one, "publisher_cpu_seconds"),
+        ("nats-server, while 1 bridge stores", one, "nats_server_cpu_seconds"),
+        ("direct sink client (emit_many)", direct, "cpu_seconds"),
+    ):
+        value = per_event_us(series, key)
+        if value is not None:
+            metrics.append(Metric(f"CPU per event: {label}", value, "µs"))
+    return metrics
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
@@ -336,7 +421,10 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
                 statistics.median(during) if during else 0.0,
                 "events/s",
             ),
+            *cpu_metrics(base, e1, e2),
         ]
+        if per_event_us(e1, "bridge_cpu_seconds") is None:
+            result.notes.append("the bridges' CPU time could not be read (no /proc)")
         ctx.databases.drop(url)
     finally:
         await nc.close()
