@@ -86,6 +86,8 @@ def fresh_database(server_url: str, template: str | None) -> Iterator[str]:
     name = f"projector_t_{os.getpid()}_{next(_counter)}"
     ident = sql.Identifier(name)
     with _admin(server_url) as conn:
+        # A run killed before its clean-up leaves its databases; a later run may get its pid.
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
         if template is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
         else:
