@@ -20,15 +20,18 @@ machinery). Each one is chosen so that one plausible one-line bug changes the an
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from projector import migrate
 from projector.fold import STATUS_TABLE, fold_all
 from projector.projection import Projector
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, with_dbname
 from tests.eventlog import SURFACES, Answer, every_surface, insert_events
 from tests.test_fold import TRIMMED, Rule, Trace, cid, facts, t
 
@@ -214,3 +217,50 @@ def test_edge_rule(edge_surfaces: dict[str, Answer], name: str) -> None:
             assert {k: steps[step][k] for k in expected} == expected, (surface, step)
         assert {k: execution[k] for k in rule.execution} == rule.execution, surface
         assert facts(answer, name) == facts(python, name), surface
+
+
+#: Rules whose answer depends on ordering text by code point (``COLLATE "C"`` in SQL).
+CODE_POINT_RULES = (
+    "tie_event_id_by_code_point",
+    "tie_event_id_non_ascii",
+    "execution_error_from_the_first_failed_step",
+)
+
+
+def test_code_point_order_whatever_the_database_collation(server_url: str) -> None:
+    """The test server's databases are C.UTF-8, where code-point order is the default: there, a
+    comparison that lost its ``COLLATE "C"`` still passes. A database with an ICU collation
+    (``a`` < ``B``, ``é`` < ``z``), as many deployments have, must give the same answers."""
+    from tests.test_fold import RULES as FOLD_RULES
+
+    rules = {**{n: FOLD_RULES[n] for n in CODE_POINT_RULES}, **RULES}
+    events = [ev for rule in rules.values() for ev in rule.events]
+    name = f"projector_icu_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            ).format(sql.Identifier(name))
+        )
+    url = with_dbname(server_url, name)
+    try:
+        migrate.upgrade(url)
+
+        async def run() -> dict[str, Answer]:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                cur = await conn.execute("SELECT 'a' < 'B', 'é' < 'z'")
+                assert await cur.fetchone() == (True, True)  # not code-point order
+                await insert_events(conn, events)
+                return await every_surface(conn, url, events)
+
+        surfaces = asyncio.run(run())
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    python = fold_all(events)
+    for surface, answer in surfaces.items():
+        for rule_name in rules:
+            assert facts(answer, rule_name) == facts(python, rule_name), (surface, rule_name)
