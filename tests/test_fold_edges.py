@@ -227,6 +227,7 @@ CODE_POINT_RULES = (
 )
 
 
+@pytest.mark.slow  # a database migrated from scratch
 def test_code_point_order_whatever_the_database_collation(server_url: str) -> None:
     """The test server's databases are C.UTF-8, where code-point order is the default: there, a
     comparison that lost its ``COLLATE "C"`` still passes. A database with an ICU collation
