@@ -177,6 +177,13 @@ def rules() -> dict[str, Rule]:
         },
     )
 
+    x = Trace("edge_an_unlabelled_closer_closes_the_latest_command")
+    x("command.issued", "PENDING", "a", meta=cid("k1"))  # labelled: no unlabelled unit is open
+    x("command.completed", "COMPLETED", "a")
+    r[x.execution_id] = Rule(
+        x.events, {"a": {"status": "COMPLETED", "iterations": 1, "iterations_running": 0}}
+    )
+
     x = Trace("edge_empty_step_counts_for_the_execution_only")
     x("loop.item", "RUNNING", "")("call.done", "COMPLETED", "")
     r[x.execution_id] = Rule(
