@@ -63,7 +63,10 @@ CREATE TRIGGER log_checkpoint_move AFTER UPDATE ON noetl.projector_checkpoint
 REFUSE_CHECKPOINT = """
 CREATE FUNCTION public.refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF current_setting('application_name') = 'doomed' THEN
+  -- Only the move past the stored events: empty chunks before them (another session's open
+  -- transaction holding the fence back) go through, so the refused chunk is the one with events.
+  IF current_setting('application_name') = 'doomed'
+     AND NEW.position > (SELECT min(txid) FROM noetl.event) THEN
     RAISE EXCEPTION 'checkpoint write refused by the test';
   END IF;
   RETURN NEW;
@@ -179,7 +182,6 @@ async def test_a_refused_checkpoint_write_rolls_back_the_state_it_covers(
     await insert_events(aconn, stored)
 
     await fail_projecting(database_url, "checkpoint write refused by the test")
-    assert await checkpoint(aconn) == start  # this trigger refuses every move of the session
     await not_passed(aconn, sorted({ev.execution_id for ev in stored}))
     cur = await aconn.execute("SELECT count(*) FROM public.step_writes")
     assert await cur.fetchone() == (0,)
