@@ -5,6 +5,11 @@ invalid items are at the ends and in the middle, so that a rejection handed to m
 half, or handled both before and after the bisect, would be stored twice. The same batch sent
 again stores nothing new: the valid rows are duplicates and the rejections, kept by their unique
 key (source and position), are not stored a second time.
+
+That unique key is itself a safety net: a rejection handed to two halves would be absorbed by it
+(and by the outcomes, kept per index). So a trigger counts every row offered to
+``noetl.event_rejected`` by a committed transaction, before the key is checked: each rejection
+must be offered once in the first batch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from tests.factories import events
 
 Conn = psycopg.AsyncConnection[Any]
 
+OFFERED = """
+CREATE TABLE public.rejects_offered (position bigint);
+CREATE FUNCTION public.count_offered() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.rejects_offered VALUES (NEW.position);
+  RETURN NEW;
+END $$;
+CREATE TRIGGER count_offered BEFORE INSERT ON noetl.event_rejected
+  FOR EACH ROW EXECUTE FUNCTION public.count_offered();
+"""
 INVALID = {0: "mapping", 13: "nul", 39: "raw"}
 REFUSED = (7, 30)  # one in each half of 40
 
@@ -38,11 +53,18 @@ def batch() -> list[Any]:
 async def test_each_rejection_is_stored_once_through_the_bisect(
     database_url: str, aconn: Conn
 ) -> None:
+    await aconn.execute(OFFERED)
     items = batch()
     async with PostgresEventSink(database_url) as sink:
         first = await sink.emit_many(items)
+        cur = await aconn.execute(
+            "SELECT position, count(*) FROM public.rejects_offered GROUP BY 1 ORDER BY 1"
+        )
+        offered = await cur.fetchall()
         again = await sink.emit_many(items)
     rejected = sorted([*INVALID, *REFUSED])
+    stored = [p if p != 39 else 40 for p in rejected]  # the raw envelope's is its line
+    assert offered == [(p, 1) for p in stored]  # each offered once: the key was not needed
     assert [r.position for r in first.rejected] == rejected
     assert first.inserted == 40 - len(rejected)
     for r in first.rejected:
@@ -56,7 +78,6 @@ async def test_each_rejection_is_stored_once_through_the_bisect(
     cur = await aconn.execute(
         "SELECT position, count(*) FROM noetl.event_rejected GROUP BY 1 ORDER BY 1"
     )
-    # Positions as stored: the raw envelope's is its line, the others' their index.
-    assert await cur.fetchall() == [(p if p != 39 else 40, 1) for p in rejected]
+    assert await cur.fetchall() == [(p, 1) for p in stored]
     cur = await aconn.execute("SELECT count(*) FROM noetl.event")
     assert await cur.fetchone() == (40 - len(rejected),)
