@@ -177,6 +177,22 @@ def rules() -> dict[str, Rule]:
         },
     )
 
+    x = Trace("edge_a_higher_attempt_ends_an_open_plain_unit")
+    x("step.enter", "RUNNING", "s", context={"attempt": 1})
+    x("call.error", "FAILED", "s", context={"attempt": 2, "error": "e2"})
+    r[x.execution_id] = Rule(
+        x.events,
+        {
+            "s": {
+                "status": "FAILED",
+                "attempts": 2,
+                "iterations": 1,
+                "error": "e2",
+                "iterations_running": 0,
+            }
+        },
+    )
+
     x = Trace("edge_an_unlabelled_closer_closes_the_latest_command")
     x("command.issued", "PENDING", "a", meta=cid("k1"))  # labelled: no unlabelled unit is open
     x("command.completed", "COMPLETED", "a")
