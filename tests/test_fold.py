@@ -235,6 +235,7 @@ ERRORS: list[tuple[Any, Any, str | None]] = [
     ({}, {"unknown_fields": {"result": "text"}}, None),
     ({"error": [1, "a", True, None]}, None, '[1, "a", true, null]'),
     ({"error": 3}, None, "3"),
+    ({"error": {"message": "é€"}}, None, '{"message": "é€"}'),  # jsonb keeps non-ASCII as is
     ({"error": False}, None, "false"),
     ({"error": ""}, None, ""),
     ([{"error": "x"}], {"error": None}, None),
