@@ -183,14 +183,14 @@ DELETE FROM noetl.step_state
 DELETE FROM noetl.execution_state
 
 -- name: rebuild_steps
--- Every step's state from the whole log: the step_status view, set-based.
+-- Every step's state from the whole log: the step_status_log view (the fold of the log), set-based.
 INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
                               last_event_at, last_event_type, event_count, error, iterations,
                               iterations_completed, iterations_failed, iterations_running)
 SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
        last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
        iterations_running
-FROM noetl.step_status
+FROM noetl.step_status_log
 
 -- name: rebuild_executions
 -- Set-based twin of upsert_executions over the whole log (see the top of this file): the
