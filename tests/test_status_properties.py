@@ -349,11 +349,11 @@ async def check(
                     seen.add(key)
                     fresh.append(ev)
             if mode == "inflight":
-                async with await psycopg.AsyncConnection.connect(url, **CONNECT_KWARGS) as other:
-                    async with other.transaction():
-                        await insert_events(other, fresh)
-                        await catch_up(conn, max_events=chunk)  # stops below the open batch
-                        await assert_views(conn, stored)
+                other = await psycopg.AsyncConnection.connect(url, **CONNECT_KWARGS)
+                async with other, other.transaction():
+                    await insert_events(other, fresh)
+                    await catch_up(conn, max_events=chunk)  # stops below the open batch
+                    await assert_views(conn, stored)
             else:
                 await insert_events(conn, fresh)
             stored += fresh

@@ -14,7 +14,7 @@ import signal
 from rich.console import Console
 
 from .. import partitions
-from ..projection import DEFAULT_NAME, Projector, connect, rebuild
+from ..projection import DEFAULT_NAME, Projector, Shard, connect, rebuild
 from . import options
 
 __all__ = ["register"]
@@ -23,7 +23,11 @@ __all__ = ["register"]
 async def project_command(args: argparse.Namespace, db: str) -> int:
     """Run the projector until SIGINT/SIGTERM (the current transaction finishes), or `--once`."""
     projector = Projector(
-        db, name=args.name, max_events=args.max_events, poll_interval=args.poll_interval
+        db,
+        name=args.name,
+        max_events=args.max_events,
+        poll_interval=args.poll_interval,
+        shard=args.shard,
     )
     async with await connect(db) as conn:  # at start; then hourly while it runs
         await partitions.ensure_partitions(conn, args.partitions_ahead)
@@ -61,6 +65,13 @@ async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     return 0
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `project` and `rebuild` to the command line."""
     p = subparsers.add_parser(
@@ -69,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Project new events into noetl.step_state and noetl.execution_state, "
         "checkpointing in the same transaction. Runs until SIGINT/SIGTERM (finishing the "
         "transaction in progress); wakes on the sink's NOTIFY, polls as a fallback. Several "
-        "instances may run: an advisory lock lets one work at a time. Reads rows by "
+        "instances may run: an advisory lock lets one work at a time, or with --shard K/N "
+        "N instances share the executions, each with its own checkpoint. Reads rows by "
         "transaction-id fence, so a long-open transaction anywhere on the server delays "
         "projection (never loses events). Also keeps the monthly partitions of noetl.event "
         "created ahead (--partitions-ahead), at start and then hourly.",
@@ -86,6 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=options.positive_int,
         default=10_000,
         help="events per transaction (default 10000)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="project only the executions of shard K of N (hashtext(execution_id) modulo N), "
+        "with a checkpoint of its own: run N instances, 0/N to N-1/N, side by side",
     )
     p.add_argument(
         "--partitions-ahead",
