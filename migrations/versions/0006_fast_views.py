@@ -167,6 +167,35 @@ SET search_path = noetl, pg_catalog AS $fn$
 SELECT * FROM noetl.step_status_log WHERE execution_id = p_execution_id
 $fn$;
 
+-- The whole log's folds as function scans that return nothing while there is a position: an
+-- inlined fold would weigh on every plan by its cost and planning time.
+--
+-- The shape of the views is what lets `ORDER BY started_at DESC LIMIT 50` stop after 50 rows
+-- of an index scan (a Merge Append): each state table is a part of the UNION ALL on its own,
+-- without a filter, and the filter that drops the state rows of unprojected executions is
+-- applied above the union, so the planner copies it into each part as a plain filter. A
+-- sub-select or a one-time filter inside the part would make it a subquery planned on its own,
+-- and every state row would be sorted. The state is switched off (no checkpoint, or too far
+-- behind) by the same filter: noetl.unprojected_executions then returns one null, and NOT IN
+-- a list holding null is never true.
+CREATE FUNCTION noetl.step_status_log_rows() RETURNS SETOF noetl.step_status_log
+LANGUAGE plpgsql STABLE ROWS 1000 AS $fn$
+BEGIN
+    IF noetl.projection_position() IS NULL THEN
+        RETURN QUERY SELECT * FROM noetl.step_status_log;
+    END IF;
+END
+$fn$;
+
+CREATE FUNCTION noetl.execution_status_log_rows() RETURNS SETOF noetl.execution_status_log
+LANGUAGE plpgsql STABLE ROWS 1000 AS $fn$
+BEGIN
+    IF noetl.projection_position() IS NULL THEN
+        RETURN QUERY SELECT * FROM noetl.execution_status_log;
+    END IF;
+END
+$fn$;
+
 CREATE FUNCTION noetl.projection_position() RETURNS xid8
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
@@ -191,37 +220,41 @@ BEGIN
     IF p IS NOT NULL THEN
         RETURN QUERY EXECUTE
             'SELECT DISTINCT execution_id FROM noetl.event WHERE txid >= $1' USING p;
+    ELSE
+        RETURN NEXT NULL;  -- NOT IN a list holding null is never true: no state row is used
     END IF;
 END
 $fn$;
 
 CREATE VIEW noetl.step_status AS
-SELECT {STEP_FIELDS.replace("execution_id, ", "s.execution_id, ", 1)}
-FROM noetl.step_state s
-WHERE noetl.projection_position() IS NOT NULL
-  AND s.execution_id NOT IN (SELECT u.u FROM noetl.unprojected_executions() AS u(u))
-UNION ALL
-SELECT k.u, {_but_key(STEP_FIELDS, "v")}
-FROM noetl.unprojected_executions() AS k(u)
-CROSS JOIN LATERAL noetl.step_status_of_execution(k.u) AS v
-UNION ALL
 SELECT {STEP_FIELDS}
-FROM noetl.step_status_log
-WHERE noetl.projection_position() IS NULL;
+FROM (
+    SELECT {STEP_FIELDS.replace("execution_id, ", "s.execution_id, ", 1)}, false AS folded
+    FROM noetl.step_state s
+    UNION ALL
+    SELECT k.u, {_but_key(STEP_FIELDS, "v")}, true
+    FROM noetl.unprojected_executions() AS k(u)
+    CROSS JOIN LATERAL noetl.step_status_of_execution(k.u) AS v
+    UNION ALL
+    SELECT {STEP_FIELDS}, true
+    FROM noetl.step_status_log_rows()
+) p
+WHERE p.folded OR p.execution_id NOT IN (SELECT u.u FROM noetl.unprojected_executions() AS u(u));
 
 CREATE VIEW noetl.execution_status AS
-SELECT {EXECUTION_FIELDS.replace("execution_id, ", "s.execution_id, ", 1)}
-FROM noetl.execution_state s
-WHERE noetl.projection_position() IS NOT NULL
-  AND s.execution_id NOT IN (SELECT u.u FROM noetl.unprojected_executions() AS u(u))
-UNION ALL
-SELECT k.u, {_but_key(EXECUTION_FIELDS, "v")}
-FROM noetl.unprojected_executions() AS k(u)
-CROSS JOIN LATERAL noetl.execution_status_of(k.u) AS v
-UNION ALL
 SELECT {EXECUTION_FIELDS}
-FROM noetl.execution_status_log
-WHERE noetl.projection_position() IS NULL;
+FROM (
+    SELECT {EXECUTION_FIELDS.replace("execution_id, ", "s.execution_id, ", 1)}, false AS folded
+    FROM noetl.execution_state s
+    UNION ALL
+    SELECT k.u, {_but_key(EXECUTION_FIELDS, "v")}, true
+    FROM noetl.unprojected_executions() AS k(u)
+    CROSS JOIN LATERAL noetl.execution_status_of(k.u) AS v
+    UNION ALL
+    SELECT {EXECUTION_FIELDS}, true
+    FROM noetl.execution_status_log_rows()
+) p
+WHERE p.folded OR p.execution_id NOT IN (SELECT u.u FROM noetl.unprojected_executions() AS u(u));
 """
 
 DROP_FAST = r"""
@@ -229,6 +262,8 @@ DROP VIEW noetl.execution_status;
 DROP VIEW noetl.step_status;
 DROP FUNCTION noetl.unprojected_executions();
 DROP FUNCTION noetl.projection_position();
+DROP FUNCTION noetl.execution_status_log_rows();
+DROP FUNCTION noetl.step_status_log_rows();
 DROP FUNCTION noetl.step_status_of_execution(text);
 DROP FUNCTION noetl.execution_status_of(text);
 DROP VIEW noetl.execution_status_log;
@@ -269,13 +304,19 @@ FUNCTION_COMMENTS = {
     "row of one execution folded from its events (no row when it has no event).",
     "step_status_of_execution(text)": "step_status_of_execution(execution_id): the "
     "noetl.step_status rows of one execution, folded from its events.",
+    "step_status_log_rows()": "Every row of noetl.step_status_log (the fold of the whole log) "
+    "while noetl.projection_position() is null, else none: the part of noetl.step_status "
+    "used before any projector ran.",
+    "execution_status_log_rows()": "Every row of noetl.execution_status_log (the fold of the "
+    "whole log) while noetl.projection_position() is null, else none: the part of "
+    "noetl.execution_status used before any projector ran.",
     "projection_position()": "The lowest position of all projector checkpoints (every projector "
     "and shard writes the state tables): every event below it is in noetl.step_state and "
     "noetl.execution_state. Null before any projector ran, and while more than 100,000 events "
     "lie at or above it (then the views fold the whole log).",
     "unprojected_executions()": "The executions with an event at or above "
-    "noetl.projection_position() (an in-flight or unread transaction's); none before any "
-    "projector ran. The views fold these from the log.",
+    "noetl.projection_position() (an in-flight or unread transaction's); one null when the "
+    "position is null (so that NOT IN it is never true). The views fold these from the log.",
 }
 
 

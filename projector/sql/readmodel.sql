@@ -4,18 +4,19 @@
 -- projector has caught up. Column lists match the row types in readmodel.py by name.
 
 -- name: execution_status
--- One execution's status (no row for an unknown execution).
+-- One execution's status (no row for an unknown execution), folded from its events: a few index
+-- scans whether or not a projector ever ran (the view would fold the whole log then).
 SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
        steps_completed, steps_failed, steps_running, error, parent_execution_id, playbook,
        last_progress_at, open_units, settled
-FROM noetl.execution_status WHERE execution_id = %s
+FROM noetl.execution_status_of(%s)
 
 -- name: step_statuses
--- The steps of one execution, in the order they started.
+-- The steps of one execution, in the order they started, folded from its events (as above).
 SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
        last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
        iterations_running
-FROM noetl.step_status WHERE execution_id = %s ORDER BY started_at, step COLLATE "C"
+FROM noetl.step_status_of_execution(%s) ORDER BY started_at, step COLLATE "C"
 
 -- name: history
 -- The events of one execution (of one step when `step` is not null) in the order the status
