@@ -303,7 +303,11 @@ step_state = Table(
         "iterations_running", Integer, nullable=False, comment=STEP_COMMENTS["iterations_running"]
     ),
     # History questions (docs/cookbook.md): steps finished in a window, failed ones in a window.
-    Index(None, "finished_at"),
+    Index(
+        None,
+        "finished_at",
+        postgresql_include=["execution_id", "step", "status", "started_at"],
+    ),
     Index(None, "status", "finished_at"),
     comment="One row per step, kept by `projector project`: noetl.step_status as of the "
     "projector's checkpoint (equal to it once caught up).",
