@@ -137,14 +137,26 @@ async def _fence_and_checkpoint(
     fence = await _position(conn, query("projection.fence"))
     if shard is None:
         await conn.execute(query("projection.ensure_checkpoint"), (name,))
+        start = await _position(conn, query("projection.read_checkpoint"), (name,))
     else:
-        await conn.execute(
-            query("projection.ensure_shard_checkpoints"), {"base": name, "n": shard.count}
-        )
-        name = shard.checkpoint_name(name)
-    start = await _position(conn, query("projection.read_checkpoint"), (name,))
+        own = shard.checkpoint_name(name)
+        start = await _shard_start(conn, own)
+        if start is None:
+            # The set's first run: an INSERT over the other shards' rows would wait for their
+            # open chunks (a row being updated), so it is made only when this row is missing.
+            await conn.execute(
+                query("projection.ensure_shard_checkpoints"), {"base": name, "n": shard.count}
+            )
+            start = await _shard_start(conn, own)
     assert fence is not None and start is not None
     return fence, start
+
+
+async def _shard_start(conn: AsyncConn, name: str) -> int | None:
+    """The shard's checkpoint, locked (None when its row does not exist yet)."""
+    cur = await conn.execute(query("projection.read_checkpoint"), (name,))
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else None
 
 
 async def _chunk_upper(
