@@ -1,13 +1,14 @@
 -- Statements of the incremental projector and the rebuild (projector/projection.py).
 --
--- The status rules live in migration 0004_status_rules: the views noetl.step_status and
--- noetl.execution_status, and the per-key functions noetl.step_status_of and
--- noetl.execution_status_of (the view for one execution). The steps are written from
--- step_status_of / step_status. The execution row is put together from the views
+-- The status rules live in migration 0005_status_rules (the folds of the log, named
+-- noetl.step_status_log / noetl.execution_status_log since migration 0006, whose
+-- noetl.step_status / noetl.execution_status read the state tables this file writes), and the
+-- per-key functions noetl.step_status_of and noetl.execution_status_of (one execution's fold).
+-- The steps are written from step_status_of / step_status_log. The execution row is put together from the views
 -- noetl.execution_activity (what its events say outside the steps) and noetl.execution_end (its
 -- deciding lifecycle event) and from the steps just written to step_state; that last part,
 -- the step summary and the combination of the three, is written twice here (upsert_executions,
--- rebuild_executions) and once in the view noetl.execution_status (with noetl.execution_steps).
+-- rebuild_executions) and once in the view noetl.execution_status_log (with noetl.execution_steps).
 -- tests/test_status_properties.py binds all of them to the Python fold in projector/fold.py on
 -- random traces. Change one, change all three and run that test.
 
