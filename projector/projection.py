@@ -55,6 +55,7 @@ __all__ = [
     "ChunkResult",
     "Projector",
     "RebuildResult",
+    "Shard",
     "catch_up",
     "checkpoint",
     "connect",
@@ -85,6 +86,34 @@ class ChunkResult:
     position: int
     #: Rows exist at or above `position` (not yet committed, or waiting for the fence).
     pending: bool
+    #: The chunk held rows (a shard's chunk may hold none of its own executions' and still
+    #: count); false when nothing was read below the fence.
+    advanced: bool = True
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count`: the executions whose hashtext(execution_id), read as 0 .. 2^32-1,
+    is `index` modulo `count`. Its checkpoint row is ``<name>/<index>-of-<count>``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= K < N")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`K/N` (for example 0/2) as a shard."""
+        k, sep, n = text.partition("/")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+            raise ValueError(f"shard {text!r}: expected K/N, for example 0/2")
+        return cls(int(k), int(n))
+
+    def checkpoint_name(self, name: str) -> str:
+        """The name of this shard's checkpoint row in projection `name`."""
+        return f"{name}/{self.index}-of-{self.count}"
 
 
 #: Called by :class:`Projector` after each transaction: its result and how many seconds it took
@@ -109,16 +138,39 @@ async def _position(conn: AsyncConn, text: LiteralString, params: Any = None) ->
     return int(row[0]) if row[0] is not None else None
 
 
-async def _fence_and_checkpoint(conn: AsyncConn, name: str) -> tuple[int, int]:
+async def _fence_and_checkpoint(
+    conn: AsyncConn, name: str, shard: Shard | None = None
+) -> tuple[int, int]:
     # The fence first: after the checkpoint INSERT this transaction has an id of its own.
     fence = await _position(conn, query("projection.fence"))
-    await conn.execute(query("projection.ensure_checkpoint"), (name,))
-    start = await _position(conn, query("projection.read_checkpoint"), (name,))
+    if shard is None:
+        await conn.execute(query("projection.ensure_checkpoint"), (name,))
+        start = await _position(conn, query("projection.read_checkpoint"), (name,))
+    else:
+        own = shard.checkpoint_name(name)
+        start = await _shard_start(conn, own)
+        if start is None:
+            # The set's first run: an INSERT over the other shards' rows would wait for their
+            # open chunks (a row being updated), so it is made only when this row is missing.
+            await conn.execute(
+                query("projection.ensure_shard_checkpoints"), {"base": name, "n": shard.count}
+            )
+            start = await _shard_start(conn, own)
     assert fence is not None and start is not None
     return fence, start
 
 
-async def _chunk_upper(conn: AsyncConn, start: int, fence: int, max_events: int) -> int:
+async def _shard_start(conn: AsyncConn, name: str) -> int | None:
+    """The shard's checkpoint, locked (None when its row does not exist yet)."""
+    cur = await conn.execute(query("projection.read_checkpoint"), (name,))
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else None
+
+
+async def _chunk_upper(
+    conn: AsyncConn, start: int, fence: int, max_events: int
+) -> tuple[int, bool]:
+    """The chunk's end, and whether any row lies in it."""
     # Walk the txid indexes in order (a merge of index-only scans, stopping after max_events
     # rows). Left alone, the planner sorts every unread row instead once there are many of them,
     # which made each chunk of a long catch-up cost as much as all the rest.
@@ -131,13 +183,13 @@ async def _chunk_upper(conn: AsyncConn, start: int, fence: int, max_events: int)
     await conn.execute(query("projection.plan_freely"))
     assert row is not None
     if row[0] is None or row[1] is None:
-        return fence  # nothing, or fewer than max_events rows, below the fence
+        return fence, row[0] is not None  # nothing, or fewer than max_events rows, below it
     first, nth = int(row[0]), int(row[1])
     if nth > first:
-        return nth
+        return nth, True
     # One transaction wrote more than max_events rows: take all of it, never part of it.
     nxt = await _position(conn, query("projection.next_txid"), (str(first), str(fence)))
-    return nxt if nxt is not None else fence
+    return (nxt if nxt is not None else fence), True
 
 
 async def _pending(conn: AsyncConn, position: int) -> bool:
@@ -156,27 +208,50 @@ async def horizon(conn: AsyncConn) -> int:
 
 @translating()
 async def project_chunk(
-    conn: AsyncConn, *, name: str = DEFAULT_NAME, max_events: int = 10_000
+    conn: AsyncConn,
+    *,
+    name: str = DEFAULT_NAME,
+    max_events: int = 10_000,
+    shard: Shard | None = None,
 ) -> ChunkResult | None:
     """Project the next chunk of committed events in one transaction.
 
     `conn` must be in autocommit mode (each call is its own transaction). Returns None when
-    another projector of the same `name` holds the lock, a result with ``events == 0`` when there
-    is nothing to read below the fence.
+    another projector of the same `name` (and `shard`) holds the lock, a result with
+    ``advanced`` false when there is nothing to read below the fence.
+
+    With a `shard`, reads the same chunks but projects only that shard's executions, under its
+    own checkpoint row (all rows of the shard set are created together); shards of one name
+    run side by side, an unsharded instance of it waits for them and they for it.
     """
     if max_events < 1:
         raise ValueError("max_events must be at least 1")
     async with conn.transaction():
-        cur = await conn.execute(query("projection.try_lock"), (PROJECTOR_LOCK_CLASS, name))
+        if shard is None:
+            cur = await conn.execute(query("projection.try_lock"), (PROJECTOR_LOCK_CLASS, name))
+        else:
+            own = shard.checkpoint_name(name)
+            cur = await conn.execute(
+                query("projection.try_shard_lock"),
+                (PROJECTOR_LOCK_CLASS, name, PROJECTOR_LOCK_CLASS, own),
+            )
         row = await cur.fetchone()
         if row is None or not row[0]:
             return None
-        fence, start = await _fence_and_checkpoint(conn, name)
+        fence, start = await _fence_and_checkpoint(conn, name, shard)
         if start >= fence:
-            return ChunkResult(0, 0, 0, start, await _pending(conn, start))
+            return ChunkResult(0, 0, 0, start, await _pending(conn, start), advanced=False)
         await conn.execute(query("projection.serial"))
-        upper = await _chunk_upper(conn, start, fence, max_events)
-        cur = await conn.execute(query("projection.touched"), (str(start), str(upper)))
+        upper, rows = await _chunk_upper(conn, start, fence, max_events)
+        cur = await conn.execute(
+            query("projection.touched"),
+            {
+                "start": str(start),
+                "upper": str(upper),
+                "shards": shard.count if shard else None,
+                "shard": shard.index if shard else None,
+            },
+        )
         touched = await cur.fetchall()
         events = sum(int(r[2]) for r in touched)
         step_keys = [(r[0], r[1]) for r in touched if r[1] is not None]
@@ -199,9 +274,10 @@ async def project_chunk(
             await conn.execute(
                 query("projection.upsert_executions"), {"execution_ids": execution_ids}
             )
-        await conn.execute(query("projection.write_checkpoint"), (str(upper), name))
+        own_name = shard.checkpoint_name(name) if shard else name
+        await conn.execute(query("projection.write_checkpoint"), (str(upper), own_name))
         pending = await _pending(conn, upper)
-        return ChunkResult(events, steps, len(execution_ids), upper, pending)
+        return ChunkResult(events, steps, len(execution_ids), upper, pending, advanced=rows)
 
 
 async def catch_up(
@@ -211,6 +287,7 @@ async def catch_up(
     max_events: int = 10_000,
     until: int | None = None,
     lock_wait: float = 0.05,
+    shard: Shard | None = None,
 ) -> int:
     """Project chunks until caught up; returns the number of events this call projected.
 
@@ -221,12 +298,12 @@ async def catch_up(
     """
     total = 0
     while True:
-        result = await project_chunk(conn, name=name, max_events=max_events)
+        result = await project_chunk(conn, name=name, max_events=max_events, shard=shard)
         if result is None:
             await asyncio.sleep(lock_wait)
             continue
         total += result.events
-        if result.events == 0:
+        if not result.advanced:
             if until is None or result.position >= until:
                 return total
             await asyncio.sleep(lock_wait)
@@ -257,6 +334,7 @@ async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult
         cur = await conn.execute(query("projection.rebuild_executions"))
         executions = cur.rowcount
         await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
+        await conn.execute(query("projection.write_shard_checkpoints"), (str(fence), name))
         return RebuildResult(steps, executions, fence)
 
 
@@ -278,11 +356,13 @@ class Projector:
         max_events: int = 10_000,
         poll_interval: float = 1.0,
         on_chunk: ChunkObserver | None = None,
+        shard: Shard | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be more than 0 seconds")
         self.url = url
         self.name = name
+        self.shard = shard
         self.max_events = max_events
         self.poll_interval = poll_interval
         self.on_chunk = on_chunk
@@ -295,7 +375,9 @@ class Projector:
         conn = await connect(self.url)
         try:
             target = await horizon(conn)
-            return await catch_up(conn, name=self.name, max_events=self.max_events, until=target)
+            return await catch_up(
+                conn, name=self.name, max_events=self.max_events, until=target, shard=self.shard
+            )
         finally:
             await conn.close()
 
@@ -334,10 +416,12 @@ class Projector:
                 wait = self.poll_interval
                 while not stop.is_set():
                     began = time.perf_counter()
-                    result = await project_chunk(work, name=self.name, max_events=self.max_events)
+                    result = await project_chunk(
+                        work, name=self.name, max_events=self.max_events, shard=self.shard
+                    )
                     if result is not None and self.on_chunk is not None:
                         self.on_chunk(result, time.perf_counter() - began)
-                    if result is None or result.events == 0:
+                    if result is None or not result.advanced:
                         if result is None or result.pending:
                             # Another instance is working, or committed rows wait behind an
                             # open transaction: look again soon rather than at the next poll.

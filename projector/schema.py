@@ -148,6 +148,8 @@ event = Table(
     Index(None, "execution_id", "created_at"),
     Index(None, "execution_id", "step", "created_at"),
     Index(None, "txid"),
+    # Time-window questions over the log (docs/cookbook.md): a few pages for the whole table.
+    Index("ix_event_created_at", "created_at", postgresql_using="brin"),
     # The terminal lifecycle events only: an execution's deciding event (noetl.execution_end)
     # is a short index scan.
     Index(
@@ -300,6 +302,13 @@ step_state = Table(
     Column(
         "iterations_running", Integer, nullable=False, comment=STEP_COMMENTS["iterations_running"]
     ),
+    # History questions (docs/cookbook.md): steps finished in a window, failed ones in a window.
+    Index(
+        None,
+        "finished_at",
+        postgresql_include=["execution_id", "step", "status", "started_at"],
+    ),
+    Index(None, "status", "finished_at"),
     comment="One row per step, kept by `projector project`: noetl.step_status as of the "
     "projector's checkpoint (equal to it once caught up).",
 )
@@ -376,6 +385,8 @@ execution_state = Table(
     # The children of an execution (`projector status`). A hash index: the id comes from
     # producers' JSON, and a hash index has no size limit on its keys.
     Index(None, "parent_execution_id", postgresql_using="hash"),
+    # The executions of one playbook in a window (docs/cookbook.md).
+    Index(None, "playbook", "started_at"),
     # `projector executions --stalled`: the unfinished executions by their last progress.
     Index(None, "last_progress_at", postgresql_where=text("status IN ('PENDING', 'RUNNING')")),
     comment="One row per execution, kept by `projector project`: noetl.execution_status as of "

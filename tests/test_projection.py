@@ -90,8 +90,11 @@ async def projected(conn: Conn, execution_id: str) -> bool:
 
 
 async def assert_tables_equal_views(conn: Conn, events: list[ExecutorEvent] | None = None) -> None:
+    """The tables equal the views, and both the folds of the log (the views read the tables)."""
     steps_view = await read_steps(conn, "noetl.step_status")
     execs_view = await read_executions(conn, "noetl.execution_status")
+    assert await read_steps(conn, "noetl.step_status_log") == steps_view
+    assert await read_executions(conn, "noetl.execution_status_log") == execs_view
     assert await read_steps(conn, "noetl.step_state") == steps_view
     assert await read_executions(conn, "noetl.execution_state") == execs_view
     if events is not None:

@@ -36,8 +36,11 @@ The generator is shaped to reach the edges often, not to look like real traffic:
   large (20 KB) JSON.
 * Delivery (:func:`deliveries`): event ids from a small alphabet (``aB0_é€z``, so that
   code-point order matters), up to 6 events sent twice, arrival shuffled, stored in up to 3
-  batches (cut anywhere in the arrival) with `projector project` (chunks of 3, 7 or 1,000
-  events) run after each.
+  batches (cut anywhere in the arrival). After each batch the projector (chunks of 3, 7 or 1,000
+  events) catches up, projects one chunk (lagging), does nothing (stopped), loses its checkpoints
+  (never ran, with state rows left behind), or runs while the batch sits in an open transaction;
+  the views, filtered and read newest first in full, must equal the fold of what is committed
+  each time.
 
 How often each edge appears is measured, with a floor per edge, by
 ``tests/test_status_generator.py`` (its docstring has the measured shares).
@@ -57,9 +60,14 @@ from hypothesis import strategies as st
 
 from projector.database import CONNECT_KWARGS
 from projector.envelope import ExecutorEvent
-from projector.fold import MAX_ATTEMPT, fold_all
-from projector.projection import Projector
-from tests.eventlog import every_surface, insert_events
+from projector.fold import MAX_ATTEMPT, ExecutionState, StepState, fold_all
+from projector.projection import Projector, catch_up, project_chunk
+from tests.eventlog import (
+    EXECUTION_COLUMNS,
+    STEP_COLUMNS,
+    every_surface,
+    insert_events,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 0, tzinfo=UTC)
 FIRST = datetime(1, 1, 1, tzinfo=UTC)
@@ -328,22 +336,74 @@ def deliveries(draw: st.DrawFn, prefix: str = "") -> tuple[list[ExecutorEvent], 
 _run = itertools.count()
 
 
+#: What happens after each batch is stored: the projector catches up, projects one chunk (it
+#: lags), does nothing (stopped), loses every checkpoint (as if it never ran; the state tables
+#: keep their rows and must be ignored), or runs while the batch is in an open transaction.
+MODES = ["project", "chunk", "none", "forget", "inflight"]
+
+
+async def assert_views(conn: psycopg.AsyncConnection[Any], stored: list[ExecutorEvent]) -> None:
+    """The views, filtered by execution and read newest first in full, equal the fold of the
+    events committed so far (each row once)."""
+    steps, executions = fold_all(stored)
+    ids = sorted({ev.execution_id for ev in stored})
+    cur = await conn.execute(
+        f"SELECT {STEP_COLUMNS} FROM noetl.step_status WHERE execution_id = ANY(%s)", (ids,)
+    )
+    got_steps = [StepState(*r) for r in await cur.fetchall()]
+    assert {(st.execution_id, st.step): st for st in got_steps} == steps
+    assert len(got_steps) == len(steps)
+    cur = await conn.execute(
+        f"SELECT {EXECUTION_COLUMNS} FROM noetl.execution_status WHERE execution_id = ANY(%s)",
+        (ids,),
+    )
+    got = [ExecutionState(*r) for r in await cur.fetchall()]
+    assert {x.execution_id: x for x in got} == executions
+    assert len(got) == len(executions)
+    cur = await conn.execute(
+        f"SELECT {EXECUTION_COLUMNS} FROM noetl.execution_status "
+        "ORDER BY started_at DESC LIMIT 1000000"
+    )
+    newest = [ExecutionState(*r) for r in await cur.fetchall() if r[0] in set(ids)]
+    assert {x.execution_id: x for x in newest} == executions
+    assert len(newest) == len(executions)
+
+
 async def check(
-    url: str, events: list[ExecutorEvent], batches: list[list[ExecutorEvent]], chunk: int
+    url: str,
+    events: list[ExecutorEvent],
+    batches: list[list[ExecutorEvent]],
+    chunk: int,
+    modes: list[str],
 ) -> None:
     steps, executions = fold_all(events)
     conn = await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_KWARGS)
     try:
         seen: set[tuple[str, str]] = set()
-        for batch in batches:
+        stored: list[ExecutorEvent] = []
+        for batch, mode in zip(batches, itertools.cycle(modes), strict=False):
             fresh = []
             for ev in batch:  # the sink stores each (execution_id, event_id) once
                 key = (ev.execution_id, ev.resolved_event_id())
                 if key not in seen:
                     seen.add(key)
                     fresh.append(ev)
-            await insert_events(conn, fresh)
-            await Projector(url, max_events=chunk).once()
+            if mode == "inflight":
+                other = await psycopg.AsyncConnection.connect(url, **CONNECT_KWARGS)
+                async with other, other.transaction():
+                    await insert_events(other, fresh)
+                    await catch_up(conn, max_events=chunk)  # stops below the open batch
+                    await assert_views(conn, stored)
+            else:
+                await insert_events(conn, fresh)
+            stored += fresh
+            if mode == "project":
+                await Projector(url, max_events=chunk).once()
+            elif mode == "chunk":
+                await project_chunk(conn, max_events=chunk)
+            elif mode == "forget":
+                await conn.execute("DELETE FROM noetl.projector_checkpoint")
+            await assert_views(conn, stored)
         for surface, (got_steps, got_executions) in (
             await every_surface(conn, url, events)
         ).items():
@@ -362,9 +422,15 @@ async def check(
         HealthCheck.data_too_large,
     ],
 )
-@given(data=st.data(), chunk=st.sampled_from([3, 7, 1000]))
-def test_fold_views_and_tables_agree(database_url: str, data: st.DataObject, chunk: int) -> None:
+@given(
+    data=st.data(),
+    chunk=st.sampled_from([3, 7, 1000]),
+    modes=st.lists(st.sampled_from(MODES), min_size=2, max_size=4),
+)
+def test_fold_views_and_tables_agree(
+    database_url: str, data: st.DataObject, chunk: int, modes: list[str]
+) -> None:
     # Executions of this example only (the database is shared by all examples).
     events, bounds = data.draw(deliveries(f"p{next(_run)}-"))
     batches = [events[a:b] for a, b in itertools.pairwise(bounds)]
-    asyncio.run(check(database_url, events, batches, chunk))
+    asyncio.run(check(database_url, events, batches, chunk, modes))

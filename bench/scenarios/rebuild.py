@@ -1,7 +1,9 @@
 """Scenario 8: `projector rebuild` (projector.projection.rebuild) over the generated history.
 
-Baseline: the least work any rebuild must do, one pass that reads every event and groups it by
-execution and step (`SELECT execution_id, step, count(*) ... GROUP BY 1, 2`), alternated with it.
+Baseline (the floor, issue 15): one pass that reads every column the fold reads (execution_id,
+step, event_type, status, created_at, event_id, a field of context and of meta) and writes one
+row per (execution, step) into a new logged table (`CREATE TABLE ... AS SELECT ... GROUP BY 1, 2`),
+alternated with it. Target: rebuild >= 0.2x of the floor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,16 @@ from ..runner import Context, Metric, Sample, ScenarioResult, Timer, measure_pai
 from .history import big_history
 
 ID, KEY, TITLE = 8, "rebuild", "Rebuild"
-SCAN = "SELECT count(*) FROM (SELECT execution_id, step, count(*) FROM noetl.event GROUP BY 1, 2) g"
+FLOOR = """
+CREATE TABLE public.rebuild_floor AS
+SELECT execution_id, step, count(*) AS events, min(created_at) AS first_at,
+       max(created_at) AS last_at, max(event_type) AS event_type, max(status) AS status,
+       max(event_id) AS event_id, max(context ->> 'attempt') AS attempt,
+       max(meta ->> 'command_id') AS command_id
+FROM noetl.event GROUP BY 1, 2
+"""
+DROP_FLOOR = "DROP TABLE IF EXISTS public.rebuild_floor"
+TARGET = 0.2
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
@@ -38,21 +49,32 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
 
     async def baseline(_: int) -> Sample:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute(DROP_FLOOR)
             with Timer() as t:
-                await conn.execute(SCAN)
+                await conn.execute(FLOOR)
+            await conn.execute(DROP_FLOOR)
         return Sample(events, t.seconds)
 
     with ctx.progress(TITLE, 2 * rounds) as tick:
         pair = await measure_pair(
-            ("rebuild", candidate), ("scan + GROUP BY", baseline), rounds, tick=tick
+            ("rebuild", candidate),
+            ("floor: read the fold's columns, a row per step", baseline),
+            rounds,
+            tick=tick,
         )
     result.add_series(pair.candidate, pair.baseline)
     result.metrics = [
-        Metric.against("rebuild", pair.candidate.median_rate, "events/s", pair.ratio, None),
+        Metric.against("rebuild", pair.candidate.median_rate, "events/s", pair.ratio, TARGET),
         Metric("rebuild time", pair.candidate.samples[0].seconds, "s"),
-        Metric("scan + GROUP BY (floor)", pair.baseline.median_rate, "events/s"),
-        Metric("server-side generation", events / gen_seconds, "events/s"),
+        Metric(
+            "floor (fold's columns read, a row per step written)",
+            pair.baseline.median_rate,
+            "events/s",
+        ),
+        Metric("floor time", pair.baseline.samples[0].seconds, "s"),
     ]
+    if gen_seconds:  # 0 when the history was kept from an earlier run (--keep-history)
+        result.metrics.append(Metric("server-side generation", events / gen_seconds, "events/s"))
     result.notes.append(
         f"{events:,} events, {executions:,} executions, "
         f"{pair.candidate.samples[0].extra['steps']:,} steps rebuilt"

@@ -142,8 +142,9 @@ def _print_plan(plan: RetentionPlan, older_than: str) -> None:
 def _print_kept(plan: RetentionPlan) -> None:
     print(
         "noetl.step_state and noetl.execution_state keep their rows (retention does not remove "
-        "them, also for executions whose events are dropped); the views noetl.step_status and "
-        "noetl.execution_status read noetl.event and no longer see the dropped events."
+        "them, also for executions whose events are dropped), and the views noetl.step_status "
+        "and noetl.execution_status show those rows for them; only an execution that gets a new "
+        "event later is folded again, from the events that remain."
     )
     if plan.default_rows:
         print(

@@ -24,7 +24,7 @@ from ..database import describe
 from ..errors import ProjectorError
 from ..health import Lag, Readiness, probe_connection, projection_lag, readiness
 from ..metrics import ProjectMetrics
-from ..projection import DEFAULT_NAME, ChunkResult, Projector, connect, rebuild
+from ..projection import DEFAULT_NAME, ChunkResult, Projector, Shard, connect, rebuild
 from ..settings import settings
 from . import options
 from .monitoring import add_monitoring_options, progress_logging, serving
@@ -120,6 +120,13 @@ async def _monitor(
             await conn.close()
 
 
+def _checkpoint(args: argparse.Namespace) -> str:
+    """The checkpoint row this instance moves (its shard's, with --shard): the lag is read there
+    (counting the events of every execution at or above it)."""
+    shard: Shard | None = args.shard
+    return args.name if shard is None else shard.checkpoint_name(args.name)
+
+
 async def project_command(args: argparse.Namespace, db: str) -> int:
     """Run the projector until SIGINT/SIGTERM (the current transaction finishes), or `--once`."""
     progress_logging("projector.project")
@@ -131,10 +138,11 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
         max_events=args.max_events,
         poll_interval=args.poll_interval,
         on_chunk=tally.on_chunk,
+        shard=args.shard,
     )
     async with await connect(db) as conn:  # at start; then hourly while it runs
         await partitions.ensure_partitions(conn, args.partitions_ahead)
-        lag = await projection_lag(conn, args.name)
+        lag = await projection_lag(conn, _checkpoint(args))
     metrics.set_lag(lag.position, lag.seconds, lag.events)
     log.info(
         "projector %r on the database %s: checkpoint %s, %d events to project (lag %.1f s)",
@@ -153,7 +161,7 @@ async def project_command(args: argparse.Namespace, db: str) -> int:
     head = migrate.head()
 
     async def lag_now(conn: Any) -> tuple[float, dict[str, Any]]:
-        lag = await projection_lag(conn, args.name)
+        lag = await projection_lag(conn, _checkpoint(args))
         metrics.set_lag(lag.position, lag.seconds, lag.events)
         return lag.seconds, {"lag_events": lag.events, "checkpoint": lag.position}
 
@@ -178,7 +186,9 @@ async def _run(
     upkeep = asyncio.create_task(
         partitions.upkeep(db, args.partitions_ahead, stop, first_after=partitions.UPKEEP_INTERVAL)
     )
-    monitor = asyncio.create_task(_monitor(db, args.name, tally, stop, args.log_interval, serving))
+    monitor = asyncio.create_task(
+        _monitor(db, _checkpoint(args), tally, stop, args.log_interval, serving)
+    )
     try:
         await projector.run(stop)
     finally:
@@ -204,6 +214,13 @@ async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     return 0
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `project` and `rebuild` to the command line."""
     p = subparsers.add_parser(
@@ -212,7 +229,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Project new events into noetl.step_state and noetl.execution_state, "
         "checkpointing in the same transaction. Runs until SIGINT/SIGTERM (finishing the "
         "transaction in progress); wakes on the sink's NOTIFY, polls as a fallback. Several "
-        "instances may run: an advisory lock lets one work at a time. Reads rows by "
+        "instances may run: an advisory lock lets one work at a time, or with --shard K/N "
+        "N instances share the executions, each with its own checkpoint. Reads rows by "
         "transaction-id fence, so a long-open transaction anywhere on the server delays "
         "projection (never loses events). Also keeps the monthly partitions of noetl.event "
         "created ahead (--partitions-ahead), at start and then hourly. Logs its start and, "
@@ -233,6 +251,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=options.positive_int,
         default=10_000,
         help="events per transaction (default 10000)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="project only the executions of shard K of N (hashtext(execution_id) modulo N), "
+        "with a checkpoint of its own: run N instances, 0/N to N-1/N, side by side",
     )
     p.add_argument(
         "--partitions-ahead",

@@ -1,13 +1,14 @@
 -- Statements of the incremental projector and the rebuild (projector/projection.py).
 --
--- The status rules live in migration 0004_status_rules: the views noetl.step_status and
--- noetl.execution_status, and the per-key functions noetl.step_status_of and
--- noetl.execution_status_of (the view for one execution). The steps are written from
--- step_status_of / step_status. The execution row is put together from the views
+-- The status rules live in migration 0005_status_rules (the folds of the log, named
+-- noetl.step_status_log / noetl.execution_status_log since migration 0006, whose
+-- noetl.step_status / noetl.execution_status read the state tables this file writes), and the
+-- per-key functions noetl.step_status_of and noetl.execution_status_of (one execution's fold).
+-- The steps are written from step_status_of / step_status_log. The execution row is put together from the views
 -- noetl.execution_activity (what its events say outside the steps) and noetl.execution_end (its
 -- deciding lifecycle event) and from the steps just written to step_state; that last part,
 -- the step summary and the combination of the three, is written twice here (upsert_executions,
--- rebuild_executions) and once in the view noetl.execution_status (with noetl.execution_steps).
+-- rebuild_executions) and once in the view noetl.execution_status_log (with noetl.execution_steps).
 -- tests/test_status_properties.py binds all of them to the Python fold in projector/fold.py on
 -- random traces. Change one, change all three and run that test.
 
@@ -15,6 +16,13 @@
 -- The projection's advisory lock (PROJECTOR_LOCK_CLASS, hashtext(name)) for this transaction,
 -- or false at once when another projector holds it.
 SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))
+
+-- name: try_shard_lock
+-- A shard's locks for this transaction, or false at once: the projection's lock shared (shards of
+-- one projection run side by side, never beside an unsharded instance or a rebuild of it) and
+-- the shard's own lock exclusive (class, projection name, class, shard's checkpoint name).
+SELECT pg_try_advisory_xact_lock_shared(%s, hashtext(%s))
+       AND pg_try_advisory_xact_lock(%s, hashtext(%s))
 
 -- name: lock
 -- The same lock, waiting for it (the rebuild waits for a running projector's transaction).
@@ -34,6 +42,17 @@ SELECT pg_snapshot_xmax(pg_current_snapshot())::text
 INSERT INTO noetl.projector_checkpoint (name, position) VALUES (%s, '0')
 ON CONFLICT (name) DO NOTHING
 
+-- name: ensure_shard_checkpoints
+-- The checkpoint rows of every shard of a set of `n` (names `base/K-of-n`), created together so
+-- that the views' position (the lowest checkpoint) never passes a shard that has not run yet.
+-- A new row starts where the unsharded projection `base` is (everything below it is projected),
+-- else at 0.
+INSERT INTO noetl.projector_checkpoint (name, position)
+SELECT %(base)s || '/' || k || '-of-' || %(n)s,
+       coalesce((SELECT position FROM noetl.projector_checkpoint WHERE name = %(base)s), '0')
+FROM generate_series(0, %(n)s - 1) AS k
+ON CONFLICT (name) DO NOTHING
+
 -- name: read_checkpoint
 -- The checkpoint of the named projection, locked until the transaction ends.
 SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s FOR UPDATE
@@ -45,6 +64,12 @@ SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s
 -- name: write_checkpoint
 -- Move the named projection's checkpoint to the given position (position first, then name).
 UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WHERE name = %s
+
+-- name: write_shard_checkpoints
+-- The rebuild's: move the checkpoints of every shard of the projection (`name/K-of-N`) to the
+-- rebuild's position too (position first, then name); the rebuild recomputed their executions.
+UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now()
+WHERE starts_with(name, %s || '/') AND name ~ '/[0-9]+-of-[0-9]+$'
 
 -- name: serial
 -- No parallel plans for the rest of the transaction: a chunk's statements read a few thousand
@@ -80,7 +105,8 @@ SELECT EXISTS (SELECT 1 FROM noetl.event WHERE txid >= %s::xid8)
 -- The steps (by their mapped name; null for events that belong to no step) and executions of
 -- the chunk [start, upper), with their number of events, whether the execution got a terminal
 -- lifecycle event, and whether that was a cancel (a cancel, or a later end that undoes one,
--- changes steps no event of the chunk names).
+-- changes steps no event of the chunk names). With `shards` not null, only the executions of
+-- shard `shard`: hashtext(execution_id) (as 0 .. 2^32-1) modulo `shards`.
 SELECT execution_id,
        CASE WHEN noetl.is_step_event(event_type, step) THEN noetl.step_name(step) END AS step,
        count(*),
@@ -89,7 +115,9 @@ SELECT execution_id,
        bool_or(noetl.is_execution_event(event_type)
                AND noetl.normalize_status(status, event_type) = 'CANCELLED') AS cancelled
 FROM noetl.event
-WHERE txid >= %s::xid8 AND txid < %s::xid8
+WHERE txid >= %(start)s::xid8 AND txid < %(upper)s::xid8
+  AND (%(shards)s::integer IS NULL
+       OR mod(hashtext(execution_id)::bigint + 2147483648, %(shards)s) = %(shard)s)
 GROUP BY 1, 2
 
 -- name: upsert_steps
@@ -183,14 +211,14 @@ DELETE FROM noetl.step_state
 DELETE FROM noetl.execution_state
 
 -- name: rebuild_steps
--- Every step's state from the whole log: the step_status view, set-based.
+-- Every step's state from the whole log: the step_status_log view (the fold of the log), set-based.
 INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
                               last_event_at, last_event_type, event_count, error, iterations,
                               iterations_completed, iterations_failed, iterations_running)
 SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
        last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
        iterations_running
-FROM noetl.step_status
+FROM noetl.step_status_log
 
 -- name: rebuild_executions
 -- Set-based twin of upsert_executions over the whole log (see the top of this file): the

@@ -4,18 +4,19 @@
 -- projector has caught up. Column lists match the row types in readmodel.py by name.
 
 -- name: execution_status
--- One execution's status (no row for an unknown execution).
+-- One execution's status (no row for an unknown execution), folded from its events: a few index
+-- scans whether or not a projector ever ran (the view would fold the whole log then).
 SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
        steps_completed, steps_failed, steps_running, error, parent_execution_id, playbook,
        last_progress_at, open_units, settled
-FROM noetl.execution_status WHERE execution_id = %s
+FROM noetl.execution_status_of(%s)
 
 -- name: step_statuses
--- The steps of one execution, in the order they started.
+-- The steps of one execution, in the order they started, folded from its events (as above).
 SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
        last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
        iterations_running
-FROM noetl.step_status WHERE execution_id = %s ORDER BY started_at, step COLLATE "C"
+FROM noetl.step_status_of_execution(%s) ORDER BY started_at, step COLLATE "C"
 
 -- name: history
 -- The events of one execution (of one step when `step` is not null) in the order the status
@@ -34,48 +35,27 @@ SELECT EXISTS (SELECT 1 FROM noetl.event WHERE execution_id = %s)
 
 -- name: executions
 -- Executions newest first, of one status when `status` is not null, only the non-terminal ones
--- without progress for `stalled` (an interval) when that is not null. Exact and cheap: the newest
--- matching rows of execution_state (accurate for everything projected) plus every execution with
--- events the default projection has not read yet, all recomputed by noetl.execution_status_of.
-WITH candidates AS (
-    (SELECT execution_id FROM noetl.execution_state
-     WHERE (%(status)s::text IS NULL OR status = %(status)s)
-       AND (%(stalled)s::interval IS NULL
-            OR (status IN ('PENDING', 'RUNNING')
-                AND last_progress_at < now() - %(stalled)s::interval))
-     ORDER BY started_at DESC LIMIT %(limit)s)
-    UNION
-    SELECT DISTINCT execution_id FROM noetl.event
-    WHERE txid >= coalesce(
-        (SELECT position FROM noetl.projector_checkpoint WHERE name = 'default'), '0'::xid8)
-)
-SELECT v.execution_id, v.status, v.started_at, v.finished_at, v.last_event_at, v.event_count,
-       v.step_count, v.steps_completed, v.steps_failed, v.steps_running, v.error,
-       v.parent_execution_id, v.playbook, v.last_progress_at, v.open_units, v.settled
-FROM candidates c
-CROSS JOIN LATERAL noetl.execution_status_of(c.execution_id) v
-WHERE (%(status)s::text IS NULL OR v.status = %(status)s)
+-- without progress for `stalled` (an interval) when that is not null. Exact and cheap: the view
+-- reads the newest matching execution_state rows (an index scan in started_at order) for what is
+-- projected and folds the executions with unprojected events (migration 0006).
+SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
+       steps_completed, steps_failed, steps_running, error, parent_execution_id, playbook,
+       last_progress_at, open_units, settled
+FROM noetl.execution_status
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(stalled)s::interval IS NULL
-       OR (NOT noetl.is_terminal(v.status)
-           AND v.last_progress_at < now() - %(stalled)s::interval))
-ORDER BY v.started_at DESC, v.execution_id COLLATE "C" DESC
+       OR (NOT noetl.is_terminal(status)
+           AND last_progress_at < now() - %(stalled)s::interval))
+ORDER BY started_at DESC, execution_id COLLATE "C" DESC
 LIMIT %(limit)s
 
 -- name: children
 -- The executions an execution started (their parent_execution_id names it), in the order they
--- started. Exact like `executions`: the projected children plus every execution with unprojected
--- events, recomputed.
-WITH candidates AS (
-    SELECT execution_id FROM noetl.execution_state WHERE parent_execution_id = %(execution_id)s
-    UNION
-    SELECT DISTINCT execution_id FROM noetl.event
-    WHERE txid >= coalesce(
-        (SELECT position FROM noetl.projector_checkpoint WHERE name = 'default'), '0'::xid8)
-)
-SELECT v.execution_id, v.status, v.started_at, v.finished_at, v.last_event_at, v.event_count,
-       v.step_count, v.steps_completed, v.steps_failed, v.steps_running, v.error,
-       v.parent_execution_id, v.playbook, v.last_progress_at, v.open_units, v.settled
-FROM candidates c
-CROSS JOIN LATERAL noetl.execution_status_of(c.execution_id) v
-WHERE v.parent_execution_id = %(execution_id)s
-ORDER BY v.started_at, v.execution_id COLLATE "C"
+-- started. Exact like `executions`: the projected children by the parent_execution_id index, and
+-- the executions with unprojected events folded.
+SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
+       steps_completed, steps_failed, steps_running, error, parent_execution_id, playbook,
+       last_progress_at, open_units, settled
+FROM noetl.execution_status
+WHERE parent_execution_id = %(execution_id)s
+ORDER BY started_at, execution_id COLLATE "C"
