@@ -3,13 +3,14 @@
 `tests/test_status_properties.py` documents its distribution; here :data:`SAMPLES` deliveries
 (traces as they arrive: duplicates, shuffles, batches) are drawn without a database and each edge
 in :data:`EDGES` is counted: the share of deliveries that hold it at least once must reach the
-floor stated next to it. The floors are about half of what was measured over 1,000 draws (shares
-measured, rounded: at most 2 steps 0.70, a valid explicit attempt 0.80, an attempt of 2 or 3 0.55,
-context.attempt and meta.attempt both valid on one event 0.40, meta.attempts with another source
-0.15, a status padded with each of space, tab, CR, LF, VT, NBSP 0.20 to 0.33, a terminal and a
-non-terminal event of one step at one instant 0.41, a terminal and an opener 0.36, a duplicate
-0.65, arrival out of order 0.74, more than one batch 0.31), so a reshaped strategy that stops
-reaching an edge fails here, not by chance in CI.
+floor stated next to it. The draws are derandomized (the same every run: a run-to-run wobble of 300
+random draws took a share of 0.12 under a floor of 0.06). The floors are about half of what was
+measured over 1,000 random draws (shares measured, rounded: at most 2 steps 0.70, a valid explicit
+attempt 0.80, an attempt of 2 or 3 0.55, context.attempt and meta.attempt both valid on one event
+0.40, meta.attempts with another source 0.12, a status padded with each of space, tab, CR, LF, VT,
+NBSP 0.20 to 0.33, a terminal and a non-terminal event of one step at one instant 0.41, a terminal
+and an opener 0.36, a duplicate 0.65, arrival out of order 0.74, more than one batch 0.31), so a
+reshaped strategy that stops reaching an edge fails here, not by chance in CI.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def test_the_generator_reaches_every_edge_often() -> None:
     @settings(
         max_examples=SAMPLES,
         database=None,
+        derandomize=True,  # the same draws every run: a floor is a property of the strategy
         phases=[Phase.generate],
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
