@@ -217,7 +217,7 @@ def terminal_lines(tl: Timeline, width: int, *, header: bool = True) -> list[Tex
     if not tl.steps:
         lines.append(Text("no steps"))
     name_w = min(max((len(escape(r.step.step)) for r in tl.steps), default=4), 28)
-    name_w = max(name_w, 4)
+    name_w = max(min(name_w, width - 11), 4)
     # Columns: name, status, attempts, iterations d/f/r, progress, duration; dropped from the
     # right of this list while the chart would get fewer than 10 columns.
     iter_w = max((len(_iterations(r)) for r in tl.steps), default=0)
