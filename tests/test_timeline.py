@@ -20,7 +20,7 @@ from tests.eventlog import insert_events, trace_events
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "projector" / "samples"
 DOCS_SVG = ROOT / "docs" / "timeline.svg"
-#: The execution docs/timeline.svg shows: the retried sample (a failed attempt, the wait, the retry).
+#: The execution docs/timeline.svg shows: the retried sample (failed attempt, wait, retry).
 DOCS_EXECUTION = "7288213371283718001"
 TRACE_FILES = (
     "http_to_postgres_simple.ndjson",
@@ -179,9 +179,10 @@ async def test_the_command_writes_every_format(
         code, _, err = await asyncio.to_thread(call, flag, str(tmp_path / name))
         assert code == 0, err
     ET.parse(tmp_path / "t.svg")
-    assert "<svg" in (tmp_path / "t.html").read_text() and "fetch_rates" in (
-        tmp_path / "t.html"
-    ).read_text()
+    assert (
+        "<svg" in (tmp_path / "t.html").read_text()
+        and "fetch_rates" in (tmp_path / "t.html").read_text()
+    )
     assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     code, _, err = await asyncio.to_thread(
         run_cli, ["--database-url", database_url, "timeline", "nope"], capsys
