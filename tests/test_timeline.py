@@ -202,3 +202,27 @@ async def test_docs_picture_is_current(aconn: Conn) -> None:
     assert DOCS_SVG.read_text(encoding="utf-8") == svg, (
         "docs/timeline.svg is stale: run PROJECTOR_REGENERATE_DOCS=1 pytest tests/test_timeline.py"
     )
+
+
+async def test_the_demo_points_at_commands_that_work(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await asyncio.to_thread(
+        run_cli, ["--database-url", database_url, "demo"], capsys
+    )
+    assert code == 0, err
+    tail = out[out.index("look at them") :]
+    pointed = [
+        line.split("projector --database-url URL ")[1].split("   ")[0]
+        for line in tail.splitlines()[1:]
+    ]
+    assert pointed[:3] == [
+        f"timeline {x}" for x in ("7288213371283718001", "demo-failed", "demo-success")
+    ]
+    assert pointed[-1] == "serve"
+    for command in pointed[:-1]:
+        argv = ["--database-url", database_url, *command.split()]
+        if "--html" in argv:
+            argv[-1] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"demo-{os.getpid()}.html")
+        code, out, err = await asyncio.to_thread(run_cli, argv, capsys)
+        assert code == 0, (command, err)
