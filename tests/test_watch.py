@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import select
+import signal
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -107,3 +112,52 @@ async def test_watch_bad_input(database_url: str, args: list[str], code: int, me
     _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == code
     assert message in err.decode()
+
+
+def _read_until(fd: int, marker: bytes, proc: subprocess.Popen[bytes]) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + 60
+    while marker not in seen:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no {marker!r} on the terminal: {seen[-2000:]!r}")
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+    return seen
+
+
+@pytest.mark.parametrize("stop", ["q", "ctrl-c"])
+def test_on_a_terminal_it_draws_live_and_stops_on_q_or_ctrl_c(database_url: str, stop: str) -> None:
+    async def store() -> None:
+        async with PostgresEventSink(database_url) as sink:
+            await sink.emit(event(0, "step.enter", "load", "RUNNING"))
+
+    asyncio.run(store())
+    main, child = pty.openpty()
+    env = {**os.environ, "PROJECTOR_DATABASE_URL": database_url, "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "projector", "watch", "watched", "--interval", "3600"],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(child)
+    try:
+        screen = _read_until(main, b"q or Ctrl-C to stop", proc)
+        assert b"execution" in screen and b"watched" in screen and b"load" in screen
+        if stop == "q":
+            os.write(main, b"q")
+        else:
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)

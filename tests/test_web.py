@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 import pytest
 
 from projector import cli
@@ -131,3 +134,35 @@ async def test_producer_text_is_escaped(aconn: Conn, database_url: str) -> None:
             assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;\\u001b[2J" in page or (
                 "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;\\u001b[2J" in page
             )
+
+
+async def test_it_serves_as_a_noetl_reader_login(aconn: Conn, database_url: str) -> None:
+    """What README "Roles" recommends works: every page and API path as a reader."""
+    await insert_events(aconn, sample_events("retried"))
+    role = f"projector_web_reader_{os.getpid()}"
+    await aconn.execute(
+        psycopg.sql.SQL("CREATE ROLE {} LOGIN IN ROLE noetl_reader").format(
+            psycopg.sql.Identifier(role)
+        )
+    )
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+        host = str(parts.get("host", "127.0.0.1"))
+        port = parts.get("port", 5432)
+        url = (
+            f"postgresql://{role}@/{parts['dbname']}?host={host}&port={port}"
+            if host.startswith("/")
+            else f"postgresql://{role}@{host}:{port}/{parts['dbname']}"
+        )
+        with serving(url) as base:
+            for path in (
+                "/",
+                "/executions/7288213371283718001",
+                "/executions/7288213371283718001/live",
+                "/api/executions/7288213371283718001",
+                "/api/executions/7288213371283718001/timeline",
+            ):
+                status, body = await asyncio.to_thread(get, base + path)
+                assert status == 200, (path, body[:500])
+    finally:
+        await aconn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))

@@ -42,7 +42,9 @@ def serving(database_url: str) -> Iterator[str]:
                     break
             except (urllib.error.URLError, ConnectionError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"projector serve did not start: {proc.stderr}") from None
+                    proc.kill()
+                    _, err = proc.communicate(timeout=30)
+                    raise AssertionError(f"projector serve did not start: {err}") from None
                 time.sleep(0.1)
         yield base
     finally:
