@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +226,51 @@ async def test_the_demo_points_at_commands_that_work(
             argv[-1] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"demo-{os.getpid()}.html")
         code, out, err = await asyncio.to_thread(run_cli, argv, capsys)
         assert code == 0, (command, err)
+
+
+def test_scale_and_durations_are_pure() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    flat = timeline.Scale(t0, t0 + timedelta(seconds=10), t0 + timedelta(seconds=10))
+    assert not flat.broken and flat(t0 + timedelta(seconds=5)) == 0.5
+    assert [label for _, label in flat.ticks(6)] == ["+0s", "+2s", "+4s", "+6s", "+8s", "+10s"]
+    broken = timeline.Scale(t0, t0 + timedelta(seconds=10), t0 + timedelta(days=3))
+    assert broken.broken and broken(t0 + timedelta(seconds=10)) == pytest.approx(0.85)
+    assert broken(t0 + timedelta(days=3)) == 1.0 and broken(t0 - timedelta(days=1)) == 0.0
+    assert [timeline.format_duration(timedelta(seconds=s)) for s in (0, 0.25, 1.5, 125, 7300)] == [
+        "0s",
+        "250ms",
+        "1.5s",
+        "2m05s",
+        "2h01m",
+    ]
+    assert timeline.format_duration(timedelta(days=228, hours=9, minutes=5)) == "228d09h"
+
+
+async def test_a_cancelled_execution_ends_its_open_bars(aconn: Conn) -> None:
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+
+    def ev(n: int, event_type: str, step: str, status: str) -> ExecutorEvent:
+        return ExecutorEvent(
+            execution_id="cancelled-run",
+            event_id=f"c{n}",
+            event_type=event_type,
+            step=step,
+            status=status,
+            created_at=t0 + timedelta(seconds=n),
+        )
+
+    await insert_events(
+        aconn,
+        [
+            ev(0, "step.enter", "slow", "RUNNING"),
+            ev(4, "playbook.cancelled", "", "CANCELLED"),
+        ],
+    )
+    tl = await timeline.load(aconn, "cancelled-run")
+    [row] = tl.steps
+    assert row.step.status == "CANCELLED"
+    assert [(b.status, b.finished_at) for b in row.bars] == [
+        ("CANCELLED", t0 + timedelta(seconds=4))
+    ]
+    assert tl.stall is None and [m.status for m in tl.markers] == ["CANCELLED"]
+    assert "▚" in next(line for line in plain(tl) if line.startswith("slow"))

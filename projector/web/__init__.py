@@ -31,6 +31,7 @@ import contextlib
 import json
 import re
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -156,6 +157,8 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["ts"] = _ts
+    # An id as one path segment ("/" too is escaped; Jinja's urlencode keeps it).
+    env.filters["urlencode"] = lambda v: urllib.parse.quote(str(v), safe="")
     env.filters["compact"] = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))
     env.globals["version"] = __version__
     env.globals["statuses"] = STATUSES
@@ -320,15 +323,18 @@ def create_app(url: str, *, pool_size: int = 4) -> Starlette:
         finally:
             await pool.close()
 
+    # Execution ids may hold "/" (links escape it as %2F): the id runs up to the route's own
+    # suffix, so only an id that itself ends in "/live", "/timeline.svg", "/history" or
+    # "/timeline" is read as the shorter id.
     routes = [
         Route("/", guarded(executions_page)),
-        Route("/executions/{execution_id}", guarded(execution_page)),
-        Route("/executions/{execution_id}/live", guarded(live_fragment)),
-        Route("/executions/{execution_id}/timeline.svg", guarded(timeline_svg)),
+        Route("/executions/{execution_id:path}/live", guarded(live_fragment)),
+        Route("/executions/{execution_id:path}/timeline.svg", guarded(timeline_svg)),
+        Route("/executions/{execution_id:path}", guarded(execution_page)),
         Route("/api/executions", guarded(api_executions)),
-        Route("/api/executions/{execution_id}", guarded(api_status)),
-        Route("/api/executions/{execution_id}/history", guarded(api_history)),
-        Route("/api/executions/{execution_id}/timeline", guarded(api_timeline)),
+        Route("/api/executions/{execution_id:path}/history", guarded(api_history)),
+        Route("/api/executions/{execution_id:path}/timeline", guarded(api_timeline)),
+        Route("/api/executions/{execution_id:path}", guarded(api_status)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
