@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ import nats.js.errors
 from nats.js import api
 
 from .backoff import Backoff
+from .batch import BatchResult
 from .envelope import Occurrences
 from .errors import DatabaseUnavailable, ProjectorError
 from .ingest import envelope_of
@@ -67,9 +68,13 @@ from .jsonstream import Piece, Position, split
 from .jspull import ACK, PROGRESS, TERM, PullConsumer, Pulled, ack_info, nak_payload
 from .pgsink import PostgresEventSink, RawEnvelope
 
-__all__ = ["Bridge", "BridgeConfig", "BridgeStats"]
+__all__ = ["BatchObserver", "Bridge", "BridgeConfig", "BridgeStats"]
 
 log = logging.getLogger(__name__)
+
+#: Called after each batch stored: its result, the seconds `emit_many` took, its messages
+#: (:class:`projector.metrics.ConsumeMetrics.on_batch`).
+BatchObserver = Callable[[BatchResult, float, Sequence[Pulled]], None]
 
 #: The bridge's back-off while PostgreSQL is unavailable: 1 s doubling to this many seconds.
 MAX_BACKOFF = 30.0
@@ -139,9 +144,16 @@ class BridgeStats:
 class Bridge:
     """Moves events from a JetStream durable consumer into PostgreSQL (module docstring)."""
 
-    def __init__(self, database_url: str, config: BridgeConfig | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        config: BridgeConfig | None = None,
+        *,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
         self.database_url = database_url
         self.config = config or BridgeConfig()
+        self.on_batch = on_batch
         check_prefix(self.config.subject_prefix)
         self.stats = BridgeStats()
         self._stop = asyncio.Event()
@@ -372,6 +384,7 @@ class Bridge:
                 owners.append(m)
         self.stats.redelivered += redelivered
         keepalive = asyncio.create_task(self._keep_in_progress(puller, msgs))
+        began = time.perf_counter()
         try:
             result = await sink.emit_many(items, source=f"nats:{cfg.stream}")
         except DatabaseUnavailable as exc:
@@ -391,6 +404,8 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         self._backoff.reset()
+        if self.on_batch is not None:
+            self.on_batch(result, time.perf_counter() - began, msgs)
         if owners is None:  # one event a message
             if result.rejected:
                 outcomes = list(zip(msgs, result.outcomes, strict=True))

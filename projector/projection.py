@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, LiteralString
 
@@ -49,6 +51,7 @@ from .timeouts import PROJECTION_KWARGS
 
 __all__ = [
     "DEFAULT_NAME",
+    "ChunkObserver",
     "ChunkResult",
     "Projector",
     "RebuildResult",
@@ -82,6 +85,11 @@ class ChunkResult:
     position: int
     #: Rows exist at or above `position` (not yet committed, or waiting for the fence).
     pending: bool
+
+
+#: Called by :class:`Projector` after each transaction: its result and how many seconds it took
+#: (:meth:`projector.metrics.ProjectMetrics.on_chunk`).
+ChunkObserver = Callable[[ChunkResult, float], None]
 
 
 @dataclass(frozen=True)
@@ -269,6 +277,7 @@ class Projector:
         name: str = DEFAULT_NAME,
         max_events: int = 10_000,
         poll_interval: float = 1.0,
+        on_chunk: ChunkObserver | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be more than 0 seconds")
@@ -276,6 +285,7 @@ class Projector:
         self.name = name
         self.max_events = max_events
         self.poll_interval = poll_interval
+        self.on_chunk = on_chunk
 
     async def once(self) -> int:
         """Project everything committed before the call; return the number of events projected.
@@ -323,7 +333,10 @@ class Projector:
             while not stop.is_set():
                 wait = self.poll_interval
                 while not stop.is_set():
+                    began = time.perf_counter()
                     result = await project_chunk(work, name=self.name, max_events=self.max_events)
+                    if result is not None and self.on_chunk is not None:
+                        self.on_chunk(result, time.perf_counter() - began)
                     if result is None or result.events == 0:
                         if result is None or result.pending:
                             # Another instance is working, or committed rows wait behind an

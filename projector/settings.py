@@ -7,6 +7,8 @@ Python API takes its settings as arguments and reads nothing from the environmen
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +35,20 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds to wait for a PostgreSQL connection before giving up (libpq counts "
         "whole seconds, at least 2; a connect_timeout in the URL wins).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines on stderr: text, or json (one JSON object a line).",
+    )
+    metrics_address: str | None = Field(
+        default=None,
+        description="HOST:PORT where `project` and `consume` serve /metrics, /healthz and "
+        "/readyz (unset: no server; port 0: a free port).",
+    )
+    ready_max_lag: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds of lag beyond which /readyz answers 503.",
     )
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
     nats_stream: str = Field(default="NOETL_EVENTS", description="JetStream stream of events.")

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,10 @@ def test_db_url_works_with_psql_and_projector_psql_runs_it(embedded_dir: Path) -
         timeout=BOUND,
         check=False,
     )
-    assert (direct.returncode, direct.stdout) == (0, "63\n"), direct.stderr
+    samples = resources.files("projector") / "samples"
+    ndjson = [f for f in samples.iterdir() if f.name.endswith(".ndjson")]
+    lines = sum(len(f.read_text().splitlines()) for f in ndjson)
+    assert (direct.returncode, direct.stdout) == (0, f"{lines}\n"), direct.stderr
 
     sql = "SELECT execution_id, status FROM noetl.execution_status ORDER BY 1"
     done = projector(embedded_dir, "psql", "-XAt", "-c", sql)

@@ -7,7 +7,7 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -91,6 +91,20 @@ async def test_sigterm_finishes_in_flight_and_exits_zero(
     assert set(summary) >= {"stored", "duplicates", "rejected", "redelivered", "pending"}
 
 
+def victim_sessions_gone(aconn: Conn) -> Callable[[], Awaitable[bool]]:
+    """A check: no session but `aconn`'s is connected to its database."""
+
+    async def check() -> bool:
+        cur = await aconn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        row = await cur.fetchone()
+        return row is not None and row[0] == 0
+
+    return check
+
+
 async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     nats_url: str, names: Names, database_url: str, aconn: Conn
 ) -> None:
@@ -107,6 +121,9 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
         victim.kill()  # SIGKILL: no chance to ack or clean up
         await asyncio.wait_for(victim.wait(), BOUND)
     assert victim.returncode == -signal.SIGKILL
+    # A COMMIT the victim sent just before it died still completes on the server: count what
+    # it stored once its sessions are gone.
+    await wait_for(victim_sessions_gone(aconn), "the victim's sessions to end", limit=BOUND)
     by_victim = (await stored(aconn))[0]
     assert by_victim < total, "the bridge finished before it could be killed"
     async with bridge_process([*argv, "--until-empty", "--json"]) as survivor:

@@ -3,8 +3,9 @@
 Global options (before or after the command, listed in every command's ``--help``):
 ``--database-url`` (env: PROJECTOR_DATABASE_URL; with neither, an embedded PostgreSQL is
 started whose data lives in the user's data directory), ``--connect-timeout`` (env:
-PROJECTOR_CONNECT_TIMEOUT, default 10 s) and ``-v/--verbose``. ``projector psql`` hands every
-argument after it to psql.
+PROJECTOR_CONNECT_TIMEOUT, default 10 s), ``--log-format text|json`` (env:
+PROJECTOR_LOG_FORMAT; json: one object a line, :mod:`projector.logs`) and ``-v/--verbose``.
+``projector psql`` hands every argument after it to psql.
 
 One error boundary, :func:`run`: every failure is one line on stderr, ``projector: error: ...``,
 saying what to do, and one of the exit statuses of :class:`ExitCode`. Before a command that
@@ -43,6 +44,7 @@ from ..errors import (
     UnknownExecution,
     translating,
 )
+from ..logs import TEXT_FORMAT, JsonFormatter
 from ..redact import redact
 from ..settings import settings
 from . import (
@@ -92,7 +94,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
 #: Commands that pass every argument after their name on to another program.
 PASSTHROUGH = frozenset({"psql"})
 #: Global options that take a value (so the command name is found after them).
-_VALUED = frozenset({"--database-url", "--connect-timeout"})
+_VALUED = frozenset({"--database-url", "--connect-timeout", "--log-format"})
 
 _EXIT_HELP = (
     "Exit status: 0 ok, 1 rejected/conflicting data or unknown execution, 2 usage, "
@@ -126,6 +128,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         help="give up on a PostgreSQL connection after SECONDS (env PROJECTOR_CONNECT_TIMEOUT; "
         f"default {config.connect_timeout:g}; libpq waits at least 2; a connect_timeout in the "
         "URL wins)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=config.log_format if top else argparse.SUPPRESS,
+        help="log lines on stderr as text or as one JSON object a line (time, level, logger, "
+        f"message, fields) (env PROJECTOR_LOG_FORMAT; default {config.log_format})",
     )
     group.add_argument(
         "-v",
@@ -215,12 +224,16 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, log_format: str = "text") -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=TEXT_FORMAT,
         stream=sys.stderr,
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setFormatter(JsonFormatter())
     safe.guard_logging()  # log lines: credentials redacted, control characters escaped
     if verbose:
         logging.getLogger().setLevel(logging.INFO)
@@ -273,7 +286,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     args.passthrough = passthrough
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.log_format)
     try:
         return _execute(args)
     except ProjectorError as exc:

@@ -15,13 +15,17 @@ import contextlib
 import json
 import logging
 import signal
-import sys
+from typing import Any
 
-from ..bridge import Bridge, BridgeConfig
+from .. import migrate
+from ..bridge import Bridge, BridgeConfig, BridgeStats
 from ..errors import ConfigurationError
+from ..health import Readiness, readiness
 from ..jetstream import StreamLimits, connect, ensure_stream, stream_differences
+from ..metrics import ConsumeMetrics
 from ..redact import redact
 from ..settings import Settings, settings
+from .monitoring import add_monitoring_options, progress_logging, serving
 
 __all__ = ["register"]
 
@@ -58,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="store events from NATS JetStream in PostgreSQL (the bridge)",
         description="Fetch events from a durable JetStream pull consumer and store them with the "
         "idempotent PostgreSQL sink; each message is acknowledged after its event is committed. "
-        "Run several to share the work. SIGINT/SIGTERM: finish the batch in flight and exit 0.",
+        "Run several to share the work. SIGINT/SIGTERM: finish the batch in flight and exit 0. "
+        "Logs progress every --log-interval seconds; with --metrics-address serves Prometheus "
+        "/metrics, /healthz and /readyz (ready: database answers, schema at head, JetStream lag "
+        "at most --ready-max-lag seconds).",
     )
     _add_nats_options(consume, config)
     consume.add_argument(
@@ -90,12 +97,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="seconds to retry a batch while PostgreSQL is unavailable before naking it and "
         "backing off (default 60)",
     )
-    consume.add_argument(
-        "--log-interval",
-        type=float,
-        default=10.0,
-        help="seconds between progress log lines on stderr, 0 for none (default 10)",
-    )
+    add_monitoring_options(consume, config)
     consume.add_argument(
         "--until-empty",
         action="store_true",
@@ -142,22 +144,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.set_defaults(handler=nats_init_command, needs_db=False)
 
 
-def _ensure_logging() -> None:
-    """Progress lines are the bridge's output: show its INFO records even without --verbose."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    logging.getLogger("projector.bridge").setLevel(logging.INFO)
-
-
 async def consume_command(args: argparse.Namespace, db: str) -> int:
     """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop."""
-    _ensure_logging()
+    progress_logging("projector.bridge")
     if args.batch < 1:
         raise ConfigurationError("--batch must be at least 1")
     if args.in_flight < 1:
         raise ConfigurationError("--in-flight must be at least 1")
+    # The counters are read from the bridge's stats when Prometheus scrapes.
+    metrics = ConsumeMetrics(lambda: bridge.stats)
     bridge = Bridge(
         db,
         BridgeConfig(
@@ -173,7 +168,25 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
             until_empty=args.until_empty,
             create_stream=args.create_stream,
         ),
+        on_batch=metrics.on_batch,
     )
+    head = migrate.head()
+
+    async def lag_now(conn: Any) -> tuple[float, dict[str, Any]]:
+        return metrics.lag_seconds(), {"nats_pending": metrics.pending()}
+
+    async def ready() -> Readiness:
+        return await readiness(db, head, args.ready_max_lag, lag_now)
+
+    async with serving(args.metrics_address, metrics.registry, ready):
+        stats = await _consume(bridge)
+    if args.json:
+        print(json.dumps(stats.summary()), flush=True)
+    return 0
+
+
+async def _consume(bridge: Bridge) -> BridgeStats:
+    """Run `bridge` with SIGINT/SIGTERM asking it to stop (a second one cancels)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
 
@@ -191,13 +204,10 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        stats = await bridge.run()
+        return await bridge.run()
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
-    if args.json:
-        print(json.dumps(stats.summary()), flush=True)
-    return 0
 
 
 async def nats_init_command(args: argparse.Namespace, db: str | None = None) -> int:

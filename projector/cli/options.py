@@ -10,7 +10,9 @@ import argparse
 import re
 from datetime import timedelta
 
-__all__ = ["age", "non_negative_int", "positive_int", "seconds"]
+from ..health import parse_address
+
+__all__ = ["address", "age", "non_negative_int", "positive_int", "seconds", "seconds_or_zero"]
 
 
 def _int(text: str) -> int:
@@ -45,6 +47,25 @@ def seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A number of seconds, 0 or more (0: never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return value
+
+
+def address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` to listen on (port 0: any free port)."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _AGE = re.compile(r"^\s*(\d+)\s*([dw])\s*$")

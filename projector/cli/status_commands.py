@@ -7,8 +7,11 @@ no end event") instead of a bare ``RUNNING``. `executions --stalled 10m` lists t
 that are not terminal and made no progress for that long.
 
 Tables are coloured on a terminal and plain text otherwise (rich decides from the stream);
-`--json` prints machine-readable JSON. An unknown execution id prints a message on stderr and the
-handler returns 1.
+`--json` prints machine-readable JSON. Ids are never cut, at any width: the id columns never
+wrap, and when a table does not fit the terminal (80 columns, say) the rows are printed as
+blocks instead, the id on a line of its own that only the terminal wraps, the rest folded below
+it. `history` prints blocks below :data:`WIDE` columns (the context on a line of its own). An
+unknown execution id prints a message on stderr and the handler returns 1.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import datetime, timedelta
 
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -33,6 +37,9 @@ from ..readmodel import ExecutionStatus, StepStatus, jsonable
 from .safe import escape, markup, text
 
 __all__ = ["output_console", "print_status_tables", "register"]
+
+#: Below this many columns `history` prints one block per event instead of a table.
+WIDE = 120
 
 _STYLE = {"COMPLETED": "green", "FAILED": "bold red", "CANCELLED": "yellow", "SKIPPED": "dim"}
 
@@ -128,7 +135,24 @@ def _render_status(console: Console, view: StatusView) -> None:
         console.print("no steps", highlight=False)
     if view.children:
         console.print(f"child executions: {len(view.children)}", highlight=False)
-        console.print(_executions_table(view.children, progress=False))
+        _render_executions(console, view.children, progress=False)
+
+
+def _fits(console: Console, table: Table) -> bool:
+    """Whether `table` fits the console without cutting a column that must not wrap."""
+    unbounded = console.options.update_width(1_000_000)  # measure() is capped at the width
+    return console.measure(table, options=unbounded).minimum <= console.width
+
+
+def _print_blocks(console: Console, blocks: Sequence[tuple[Text, Sequence[Text]]]) -> None:
+    """Each block: its head (an id) on a line only the terminal wraps, then indented lines
+    that rich folds to the width."""
+    for head, lines in blocks:
+        console.print(head, soft_wrap=True, highlight=False)
+        for line in lines:
+            console.print(
+                Padding(line, (0, 0, 0, 2), expand=False), overflow="fold", highlight=False
+            )
 
 
 def _steps_table(steps: Sequence[StepStatus]) -> Table:
@@ -144,7 +168,7 @@ def _steps_table(steps: Sequence[StepStatus]) -> Table:
         "duration",
         "error",
     ):
-        table.add_column(name, justify="right" if name in right else "left")
+        table.add_column(name, justify="right" if name in right else "left", overflow="fold")
     for s in steps:
         table.add_row(
             text(s.step),
@@ -166,7 +190,8 @@ def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Tab
         names.append("last progress")
     names.append("error")
     for name in names:
-        table.add_column(name)
+        # The id never wraps (a narrower terminal gets blocks, see _render_executions).
+        table.add_column(name, no_wrap=name == "execution", overflow="fold")
     for r in rows:
         cells: list[str | Text] = [
             text(r.execution_id),
@@ -182,6 +207,83 @@ def _executions_table(rows: Sequence[ExecutionStatus], *, progress: bool) -> Tab
         cells.append(text(r.error))
         table.add_row(*cells)
     return table
+
+
+def _execution_block(r: ExecutionStatus, *, progress: bool) -> tuple[Text, list[Text]]:
+    facts = Text.assemble(
+        text(r.status, _style(r.status)),
+        text(_qualifier(r)),
+        f"  {_ts(r.started_at)}  {_duration(r.started_at, r.finished_at)}  "
+        f"steps {r.steps_completed}/{r.step_count} ({r.steps_failed} failed)  "
+        f"{r.event_count} events",
+    )
+    if progress:
+        facts.append(f"  last progress {_ts(r.last_progress_at)}")
+    lines = [facts]
+    if r.error is not None:
+        lines.append(Text("error ") + text(r.error))
+    return text(r.execution_id, "bold"), lines
+
+
+def _render_executions(
+    console: Console, rows: Sequence[ExecutionStatus], *, progress: bool
+) -> None:
+    """A table when it fits the console, else one block per execution (the id whole)."""
+    table = _executions_table(rows, progress=progress)
+    if _fits(console, table):
+        console.print(table)
+    else:
+        _print_blocks(console, [_execution_block(r, progress=progress) for r in rows])
+
+
+def _context(e: readmodel.HistoryEvent) -> str:
+    return json.dumps(e.context, ensure_ascii=False, separators=(",", ":"))
+
+
+def _status_cell(e: readmodel.HistoryEvent) -> Text:
+    return text(e.normalized_status, _style(e.normalized_status)) + text(
+        f" ({e.status})" if e.status != e.normalized_status else ""
+    )
+
+
+def _history_table(events: Sequence[readmodel.HistoryEvent]) -> Table:
+    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
+    for name in ("created_at", "step", "event_type", "status", "attempt", "event_id", "context"):
+        table.add_column(name, no_wrap=name == "event_id", overflow="fold")
+    for e in events:
+        table.add_row(
+            _ts(e.created_at),
+            text(e.step),
+            text(e.event_type),
+            _status_cell(e),
+            "" if e.attempt is None else str(e.attempt),
+            text(e.event_id),
+            text(_context(e)),
+        )
+    return table
+
+
+def _render_history(console: Console, events: Sequence[readmodel.HistoryEvent]) -> None:
+    """A table on a wide console; else per event: the event id whole on its own line, then
+    time, step, type, status and attempt, then the context, folded."""
+    table = _history_table(events)
+    if console.width >= WIDE and _fits(console, table):
+        console.print(table)
+        return
+    blocks = []
+    for e in events:
+        attempt = "" if e.attempt is None else f"  attempt {e.attempt}"
+        facts = Text.assemble(
+            f"{_ts(e.created_at)}  ",
+            text(e.step),
+            "  ",
+            text(e.event_type),
+            "  ",
+            _status_cell(e),
+            attempt,
+        )
+        blocks.append((text(e.event_id, "bold"), [facts, text(_context(e))]))
+    _print_blocks(console, blocks)
 
 
 async def _status_view(conn: readmodel.Conn, execution_id: str) -> StatusView:
@@ -237,21 +339,7 @@ async def history_command(args: argparse.Namespace, db: str) -> int:
     if args.json:
         _print_json([jsonable(e) for e in events])
         return 0
-    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
-    for name in ("created_at", "step", "event_type", "status", "attempt", "event_id", "context"):
-        table.add_column(name)
-    for e in events:
-        table.add_row(
-            _ts(e.created_at),
-            text(e.step),
-            text(e.event_type),
-            text(e.normalized_status, _style(e.normalized_status))
-            + text(f" ({e.status})" if e.status != e.normalized_status else ""),
-            "" if e.attempt is None else str(e.attempt),
-            text(e.event_id),
-            text(json.dumps(e.context, ensure_ascii=False, separators=(",", ":"))),
-        )
-    output_console().print(table)
+    _render_history(output_console(), events)
     return 0
 
 
@@ -264,7 +352,7 @@ async def executions_command(args: argparse.Namespace, db: str) -> int:
     if args.json:
         _print_json([jsonable(r) for r in rows])
         return 0
-    output_console().print(_executions_table(rows, progress=args.stalled is not None))
+    _render_executions(output_console(), rows, progress=args.stalled is not None)
     return 0
 
 
