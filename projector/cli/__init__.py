@@ -57,6 +57,7 @@ from . import (
     psql_commands,
     safe,
     status_commands,
+    view_commands,
 )
 
 __all__ = ["COMMAND_MODULES", "ExitCode", "build_parser", "exit_code", "main", "run"]
@@ -87,6 +88,7 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     status_commands,
     project_commands,
     nats_commands,
+    view_commands,
 )
 
 #: Commands that pass every argument after their name on to another program.

@@ -8,6 +8,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from .. import migrate, readmodel
@@ -15,10 +16,12 @@ from ..envelope import ExecutorEvent
 from ..ingest import ingest
 from ..pgsink import PostgresEventSink
 from ..projection import connect
-from .safe import text
+from .safe import escape, text
 from .status_commands import output_console, print_status_tables
 
 SAMPLES = ("success", "retried", "failed")
+#: The sample execution with a failed attempt and its retry.
+RETRIED = "7288213371283718001"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -28,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Migrate the database, ingest the bundled samples (a successful run, a run "
         "with a retried step, a failed run; written in the Rust seed's, the later crate's and "
         "the Python producer's spellings), print each execution's events and then the status of "
-        "every step. Safe to repeat: the second run stores nothing new.",
+        "every step, and where to look next (`projector timeline`, `projector serve`). Safe to "
+        "repeat: the second run stores nothing new.",
     )
     p.set_defaults(handler=demo)
 
@@ -74,4 +78,25 @@ async def demo(args: argparse.Namespace, db: str) -> int:
             console.print(table)
     console.print("[bold]step status[/bold] (from the noetl.step_status view)")
     await print_status_tables(db, execution_ids, console)
+    _point_at_the_views(console, execution_ids, embedded=args.embedded)
     return 0
+
+
+def _point_at_the_views(console: Console, execution_ids: list[str], *, embedded: bool) -> None:
+    """Where to look next: the timeline of each sample, the live view and the web view."""
+    prefix = "" if embedded else "--database-url URL "
+    console.print("[bold]look at them[/bold]", highlight=False)
+    for execution_id in execution_ids:
+        console.print(f"  projector {prefix}timeline {escape(execution_id)}", highlight=False)
+    console.print(
+        f"  projector {prefix}timeline {escape(RETRIED)} --html retried.html"
+        "   (a file to attach: SVG inside, also --svg / --png)",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        f"  projector {prefix}serve   (then open http://127.0.0.1:8800/; needs "
+        "noetl-projector[web])",
+        highlight=False,
+        markup=False,
+    )

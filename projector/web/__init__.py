@@ -1,0 +1,350 @@
+"""`projector serve`: a small read-only web view (Starlette, uvicorn, Jinja2; no JavaScript build).
+
+Pages (server-side templates in ``templates/``, every value autoescaped; producer text also has
+its control characters made visible by :func:`projector.cli.safe.escape`):
+
+* ``/``: the executions, newest first; filters ``status``, ``stalled`` (``90s``, ``10m``, ``2h``,
+  ``1d``: not terminal and no progress for that long), ``since`` / ``until`` (ISO 8601 start
+  times, UTC unless they say otherwise) and ``limit``; every id has a copy button;
+* ``/executions/{id}``: the execution, its timeline (the SVG of ``projector timeline``), the
+  step table, the child executions and the events (filters ``step``, ``type`` (contained in the
+  event type), ``status`` (normalised)). While the execution is not terminal, a few lines of
+  JavaScript fetch ``/executions/{id}/live`` (the top of the page) every second and swap it in
+  when what the views say changed;
+* ``/executions/{id}/timeline.svg``: the SVG alone.
+
+JSON API, the shapes of the commands' ``--json``: ``/api/executions`` (``projector executions
+--json``, same filters), ``/api/executions/{id}`` (``projector status --json``),
+``/api/executions/{id}/history`` (``projector history --json``; ``?step=``) and
+``/api/executions/{id}/timeline`` (``projector timeline --json``). An unknown execution is 404,
+a bad filter 400 (JSON ``{"error": ...}`` on the API).
+
+Reads only: every statement is a SELECT of :mod:`projector.readmodel`, :mod:`projector.timeline`
+or ``projector/sql/web.sql``, on autocommit connections of a pool opened when the server starts.
+Connect as a login in the ``noetl_reader`` role (README "Roles") so that the database enforces
+it. :func:`serve` binds to the address it is given; the command's default is loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jinja2
+import uvicorn
+from markupsafe import Markup
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__, readmodel
+from .. import timeline as timeline_model
+from .. import timeline_render as render
+from ..cli.safe import escape
+from ..errors import UnknownExecution
+from ..fold import STATUSES, normalize_status
+from ..queries import query
+from ..readmodel import ExecutionStatus, jsonable
+from ..timeouts import PROJECTION_KWARGS
+
+__all__ = ["create_app", "executions", "serve"]
+
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+_MAX_LIMIT = 1000
+
+
+class BadFilter(ValueError):
+    """A query parameter that is not valid (the page says which, the API answers 400)."""
+
+
+async def executions(
+    conn: readmodel.Conn,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    stalled_for: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[ExecutionStatus]:
+    """:func:`projector.readmodel.executions` with a range of start times (query
+    ``web.executions``): newest first, exact before the projector has caught up."""
+    wanted = normalize_status(status, "") if status is not None else None
+    params = {
+        "status": wanted,
+        "limit": limit,
+        "stalled": stalled_for,
+        "since": since,
+        "until": until,
+    }
+    async with conn.cursor(row_factory=class_row(ExecutionStatus)) as cur:
+        await cur.execute(query("web.executions"), params)
+        return await cur.fetchall()
+
+
+def _duration(value: str) -> timedelta:
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or not any(match.groups()):
+        raise BadFilter(f"stalled: {value!r} is not a duration (examples: 90s, 10m, 2h, 1d)")
+    days, hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+    total = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs)
+    if total <= timedelta(0) or total > timedelta(days=36_525):
+        raise BadFilter("stalled: the duration must be more than 0 and at most 100 years")
+    return total
+
+
+def _instant(name: str, value: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadFilter(
+            f"{name}: {value!r} is not a time (ISO 8601, e.g. 2026-01-20T12:00)"
+        ) from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _given(request: Request) -> dict[str, str | None]:
+    """The executions filters as given (for the form)."""
+    q = request.query_params
+    given = {k: q.get(k) or None for k in ("status", "stalled", "since", "until")}
+    given["limit"] = q.get("limit") or "50"
+    return given
+
+
+def _filters(request: Request) -> tuple[dict[str, str | None], dict[str, Any]]:
+    """The executions filters as given (for the form) and as values (for the query)."""
+    given = _given(request)
+    limit = given["limit"] or "50"
+    values: dict[str, Any] = {"status": given["status"]}
+    if given["status"] is not None and given["status"].upper() not in STATUSES:
+        raise BadFilter(f"status: {given['status']!r} is not one of {', '.join(STATUSES)}")
+    if not limit.isdigit() or not 1 <= int(limit) <= _MAX_LIMIT:
+        raise BadFilter(f"limit: must be a whole number from 1 to {_MAX_LIMIT}")
+    values["limit"] = int(limit)
+    values["stalled_for"] = _duration(given["stalled"]) if given["stalled"] else None
+    values["since"] = _instant("since", given["since"]) if given["since"] else None
+    values["until"] = _instant("until", given["until"]) if given["until"] else None
+    return given, values
+
+
+def _ts(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if value is not None else "-"
+
+
+def _finalize(value: Any) -> Any:
+    """Every value a template prints: None as nothing, text with its controls made visible
+    (autoescaping then escapes the markup characters)."""
+    if value is None:
+        return ""
+    if isinstance(value, Markup):
+        return value
+    return escape(value, newlines=True) if isinstance(value, str) else value
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("projector.web", "templates"),
+        autoescape=True,
+        finalize=_finalize,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["ts"] = _ts
+    # An id as one path segment ("/" too is escaped; Jinja's urlencode keeps it).
+    env.filters["urlencode"] = lambda v: urllib.parse.quote(str(v), safe="")
+    env.filters["compact"] = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    env.globals["version"] = __version__
+    env.globals["statuses"] = STATUSES
+
+    def duration(start: datetime | None, end: datetime | None) -> str:
+        if start is None or end is None:
+            return "-"
+        return timeline_model.format_duration(end - start)
+
+    env.globals["duration"] = duration
+    return env
+
+
+def _status_doc(
+    x: ExecutionStatus,
+    steps: list[readmodel.StepStatus],
+    parent: ExecutionStatus | None,
+    children: list[ExecutionStatus],
+) -> dict[str, Any]:
+    """What `projector status --json` prints."""
+    return {
+        **jsonable(x),
+        "steps": [jsonable(s) for s in steps],
+        "parent": jsonable(parent) if parent is not None else None,
+        "children": [jsonable(c) for c in children],
+    }
+
+
+def _signature(tl: timeline_model.Timeline) -> str:
+    doc = [jsonable(tl.execution), [jsonable(r.step) for r in tl.steps]]
+    doc.append([jsonable(c) for c in tl.children])
+    return str(abs(hash(json.dumps(doc, sort_keys=True, default=str))))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(url: str, *, pool_size: int = 4) -> Starlette:
+    """The web application reading the database at `url` (its pool opens on startup)."""
+    env = _environment()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=pool_size,
+        kwargs={"autocommit": True, **PROJECTION_KWARGS},
+        open=False,
+    )
+
+    def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        body = env.get_template(name).render(**context)
+        return HTMLResponse(body, status_code=status_code)
+
+    def not_found(request: Request, exc: UnknownExecution) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return HTMLResponse(
+            f"<!DOCTYPE html><title>unknown execution</title><p>{Markup.escape(escape(exc))}</p>"
+            '<p><a href="/">executions</a></p>',
+            status_code=404,
+        )
+
+    def guarded(handler: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except UnknownExecution as exc:
+                return not_found(request, exc)
+            except BadFilter as exc:
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+                return HTMLResponse(f"<p>{Markup.escape(escape(exc))}</p>", status_code=400)
+
+        return run
+
+    async def load(request: Request) -> timeline_model.Timeline:
+        async with pool.connection() as conn:
+            return await timeline_model.load(conn, request.path_params["execution_id"])
+
+    def live_context(tl: timeline_model.Timeline) -> dict[str, Any]:
+        return {
+            "x": tl.execution,
+            "tl": tl,
+            "svg": Markup(render.svg(tl)),
+            "steps_table": Markup(render.step_table_html(tl)),
+            "signature": _signature(tl),
+            "idle": timeline_model.format_duration(tl.idle) if tl.idle is not None else "",
+        }
+
+    async def executions_page(request: Request) -> Response:
+        try:
+            given, values = _filters(request)
+        except BadFilter as exc:
+            return page("executions.html", 400, rows=[], filters=_given(request), error=str(exc))
+        async with pool.connection() as conn:
+            rows = await executions(conn, **values)
+        return page("executions.html", rows=rows, filters=given, error=None)
+
+    async def execution_page(request: Request) -> Response:
+        tl = await load(request)
+        q = request.query_params
+        filters = {k: q.get(k) or None for k in ("step", "type", "status")}
+        async with pool.connection() as conn:
+            events = await readmodel.history(conn, tl.execution.execution_id)
+        total = len(events)
+        step_names = sorted({e.step for e in events if e.step})
+        if filters["step"] is not None:
+            events = [e for e in events if e.step == filters["step"]]
+        if filters["type"] is not None:
+            events = [e for e in events if filters["type"] in e.event_type]
+        if filters["status"] is not None:
+            wanted = normalize_status(filters["status"], "")
+            events = [e for e in events if e.normalized_status == wanted]
+        return page(
+            "execution.html",
+            events=events,
+            total_events=total,
+            filters=filters,
+            step_names=step_names,
+            **live_context(tl),
+        )
+
+    async def live_fragment(request: Request) -> Response:
+        tl = await load(request)
+        return page("live.html", **live_context(tl))
+
+    async def timeline_svg(request: Request) -> Response:
+        tl = await load(request)
+        return Response(render.svg(tl), media_type="image/svg+xml")
+
+    async def api_executions(request: Request) -> Response:
+        _, values = _filters(request)
+        async with pool.connection() as conn:
+            rows = await executions(conn, **values)
+        return JSONResponse([jsonable(r) for r in rows])
+
+    async def api_status(request: Request) -> Response:
+        key = request.path_params["execution_id"]
+        async with pool.connection() as conn:
+            x = await readmodel.execution_status(conn, key)
+            steps = await readmodel.step_statuses(conn, key)
+            children = await readmodel.children(conn, x.execution_id)
+            parent = None
+            if x.parent_execution_id is not None:
+                with contextlib.suppress(UnknownExecution):
+                    parent = await readmodel.execution_status(conn, x.parent_execution_id)
+        return JSONResponse(_status_doc(x, steps, parent, children))
+
+    async def api_history(request: Request) -> Response:
+        key = request.path_params["execution_id"]
+        async with pool.connection() as conn:
+            events = await readmodel.history(conn, key, step=request.query_params.get("step"))
+        return JSONResponse([jsonable(e) for e in events])
+
+    async def api_timeline(request: Request) -> Response:
+        return JSONResponse((await load(request)).jsonable())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    # Execution ids may hold "/" (links escape it as %2F): the id runs up to the route's own
+    # suffix, so only an id that itself ends in "/live", "/timeline.svg", "/history" or
+    # "/timeline" is read as the shorter id.
+    routes = [
+        Route("/", guarded(executions_page)),
+        Route("/executions/{execution_id:path}/live", guarded(live_fragment)),
+        Route("/executions/{execution_id:path}/timeline.svg", guarded(timeline_svg)),
+        Route("/executions/{execution_id:path}", guarded(execution_page)),
+        Route("/api/executions", guarded(api_executions)),
+        Route("/api/executions/{execution_id:path}/history", guarded(api_history)),
+        Route("/api/executions/{execution_id:path}/timeline", guarded(api_timeline)),
+        Route("/api/executions/{execution_id:path}", guarded(api_status)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def serve(url: str, host: str, port: int) -> None:
+    """Serve the web view on `host`:`port` until interrupted (Ctrl-C, SIGTERM)."""
+    config = uvicorn.Config(
+        create_app(url), host=host, port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"projector: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+    await server.serve()

@@ -1,0 +1,171 @@
+"""`projector serve`: the JSON API has the shapes of the commands' --json, the pages show the
+views and escape producer text, bad filters and unknown ids are answered clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.parse
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.sql
+import pytest
+
+from projector import cli
+from projector.envelope import ExecutorEvent
+from tests.eventlog import insert_events, trace_events
+from tests.test_timeline import sample_events
+from tests.webserver import get, get_json, serving
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+def cli_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    code = cli.run(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_the_api_has_the_shapes_of_the_commands(
+    aconn: Conn, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await insert_events(aconn, trace_events("noetl_cli_subscribe_fail.ndjson"))
+    for name in ("retried", "failed"):
+        await insert_events(aconn, sample_events(name))
+    db = ["--database-url", database_url]
+    with serving(database_url) as base:
+        for path, argv in [
+            ("/api/executions?limit=50", ["executions", "--json", "--limit", "50"]),
+            ("/api/executions?status=failed", ["executions", "--json", "--status", "failed"]),
+            ("/api/executions/386072706470612992", ["status", "386072706470612992", "--json"]),
+            ("/api/executions/386072706458030080", ["status", "386072706458030080", "--json"]),
+            ("/api/executions/demo-failed/history", ["history", "demo-failed", "--json"]),
+            (
+                "/api/executions/demo-failed/history?step=copy_users",
+                ["history", "demo-failed", "--json", "--step", "copy_users"],
+            ),
+        ]:
+            expected = await asyncio.to_thread(cli_json, [*db, *argv], capsys)
+            assert await asyncio.to_thread(get_json, base + path) == expected, path
+        tl = await asyncio.to_thread(
+            cli_json, [*db, "timeline", "7288213371283718001", "--json"], capsys
+        )
+        api = await asyncio.to_thread(
+            get_json, base + "/api/executions/7288213371283718001/timeline"
+        )
+        assert {k: v for k, v in api.items() if k != "now"} == {
+            k: v for k, v in tl.items() if k != "now"
+        }
+        status, body = await asyncio.to_thread(get, base + "/api/executions/nope")
+        assert status == 404 and json.loads(body) == {
+            "error": "no events are stored for execution 'nope'"
+        }
+        status, body = await asyncio.to_thread(get, base + "/api/executions?stalled=soon")
+        assert status == 400 and "not a duration" in json.loads(body)["error"]
+
+
+async def test_the_pages(aconn: Conn, database_url: str) -> None:
+    await insert_events(aconn, trace_events("noetl_cli_subscribe_fail.ndjson"))
+    await insert_events(aconn, trace_events("pft_stall_606790043104968712.ndjson"))
+    for name in ("success", "retried", "failed"):
+        await insert_events(aconn, sample_events(name))
+    with serving(database_url) as base:
+        status, page = await asyncio.to_thread(get, base + "/")
+        assert status == 200
+        order = [page.index(f'data-execution="{x}"') for x in ("386072706483195904", "demo-failed")]
+        assert order == sorted(order)  # newest first
+        assert 'data-id="demo-failed"' in page  # the copy button
+        status, page = await asyncio.to_thread(get, base + "/?status=FAILED")
+        assert "demo-failed" in page and "7288213371283718001" not in page
+        status, page = await asyncio.to_thread(get, base + "/?stalled=10m")
+        assert "606790043104968712" in page and "demo-failed" not in page
+        status, page = await asyncio.to_thread(
+            get, base + "/?since=2026-01-21T00:00&until=2026-01-22"
+        )
+        assert "demo-failed" in page and "7288213371283718001" not in page
+        status, page = await asyncio.to_thread(get, base + "/?since=yesterday")
+        assert status == 400 and "since: &#39;yesterday&#39; is not a time" in page
+
+        status, page = await asyncio.to_thread(get, base + "/executions/606790043104968712")
+        assert status == 200
+        assert '<svg xmlns="http://www.w3.org/2000/svg"' in page and "100 at once" in page
+        assert 'id="idle"' in page and 'data-terminal="false"' in page
+        assert page.count('<tr class="status-') > 1800  # the steps and the events
+        status, page = await asyncio.to_thread(
+            get, base + "/executions/606790043104968712?step=start&type=step.&status=completed"
+        )
+        assert "1 of 1852 events" in page and "step.exit" in page
+        status, page = await asyncio.to_thread(get, base + "/executions/386072706458030080")
+        assert page.count("Command failed with exit code: Some(3)") == 2
+        status, svg = await asyncio.to_thread(
+            get, base + "/executions/7288213371283718001/timeline.svg"
+        )
+        assert status == 200 and svg.startswith("<svg") and 'class="bar failed"' in svg
+        status, page = await asyncio.to_thread(get, base + "/executions/nope")
+        assert status == 404 and "no events are stored" in page
+
+
+async def test_producer_text_is_escaped(aconn: Conn, database_url: str) -> None:
+    hostile = 'a/<img src=x onerror="alert(1)">\x1b[2J'
+    await insert_events(
+        aconn,
+        [
+            ExecutorEvent(
+                execution_id=hostile,
+                event_id="h1",
+                event_type="step.exit",
+                step=hostile,
+                status="FAILED",
+                created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                context={"error": hostile},
+            )
+        ],
+    )
+    with serving(database_url) as base:
+        quoted = urllib.parse.quote(hostile, safe="")
+        status, page = await asyncio.to_thread(get, base + "/")
+        assert f'href="/executions/{quoted}"' in page
+        api = await asyncio.to_thread(get_json, f"{base}/api/executions/{quoted}")
+        assert api["execution_id"] == hostile and api["steps"][0]["step"] == hostile
+        for path in ("/", f"/executions/{quoted}", f"/executions/{quoted}/live"):
+            status, page = await asyncio.to_thread(get, base + path)
+            assert status == 200, path
+            assert "<img" not in page and "\x1b" not in page
+            assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;\\u001b[2J" in page
+
+
+async def test_it_serves_as_a_noetl_reader_login(aconn: Conn, database_url: str) -> None:
+    """What README "Roles" recommends works: every page and API path as a reader."""
+    await insert_events(aconn, sample_events("retried"))
+    role = f"projector_web_reader_{os.getpid()}"
+    await aconn.execute(
+        psycopg.sql.SQL("CREATE ROLE {} LOGIN IN ROLE noetl_reader").format(
+            psycopg.sql.Identifier(role)
+        )
+    )
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+        host = str(parts.get("host", "127.0.0.1"))
+        port = parts.get("port", 5432)
+        url = (
+            f"postgresql://{role}@/{parts['dbname']}?host={host}&port={port}"
+            if host.startswith("/")
+            else f"postgresql://{role}@{host}:{port}/{parts['dbname']}"
+        )
+        with serving(url) as base:
+            for path in (
+                "/",
+                "/executions/7288213371283718001",
+                "/executions/7288213371283718001/live",
+                "/api/executions/7288213371283718001",
+                "/api/executions/7288213371283718001/timeline",
+            ):
+                status, body = await asyncio.to_thread(get, base + path)
+                assert status == 200, (path, body[:500])
+    finally:
+        await aconn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
