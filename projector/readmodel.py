@@ -28,12 +28,14 @@ from .queries import query
 __all__ = [
     "ExecutionStatus",
     "HistoryEvent",
+    "StatusView",
     "StepStatus",
     "children",
     "execution_status",
     "executions",
     "history",
     "jsonable",
+    "status_view",
     "step_statuses",
 ]
 
@@ -190,3 +192,38 @@ async def children(conn: Conn, execution_id: ExecutionId) -> list[ExecutionStatu
     :func:`executions`."""
     params = {"execution_id": str(execution_id)}
     return await _fetch(conn, ExecutionStatus, query("readmodel.children"), params)
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusView:
+    """Everything `projector status` (and the web view's execution page) shows of one execution."""
+
+    execution: ExecutionStatus
+    steps: list[StepStatus]
+    children: list[ExecutionStatus]
+    #: The parent execution when it is stored (its id alone is `execution.parent_execution_id`).
+    parent: ExecutionStatus | None
+
+    def jsonable(self) -> dict[str, object]:
+        """What `projector status --json` prints (and ``/api/executions/ID`` answers)."""
+        return {
+            **jsonable(self.execution),
+            "steps": [jsonable(s) for s in self.steps],
+            "parent": jsonable(self.parent) if self.parent is not None else None,
+            "children": [jsonable(c) for c in self.children],
+        }
+
+
+async def status_view(conn: Conn, execution_id: ExecutionId) -> StatusView:
+    """The execution, its steps, its child executions and its parent (when stored); raises
+    :class:`~projector.errors.UnknownExecution` when the execution has no event."""
+    execution = await execution_status(conn, execution_id)
+    steps = await step_statuses(conn, execution.execution_id)
+    kids = await children(conn, execution.execution_id)
+    parent = None
+    if execution.parent_execution_id is not None:
+        try:
+            parent = await execution_status(conn, execution.parent_execution_id)
+        except UnknownExecution:
+            parent = None
+    return StatusView(execution, steps, kids, parent)

@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from rich import box
@@ -33,7 +32,7 @@ from .. import readmodel
 from ..errors import UnknownExecution
 from ..fold import TERMINAL
 from ..projection import connect
-from ..readmodel import ExecutionStatus, StepStatus, jsonable
+from ..readmodel import ExecutionStatus, StatusView, StepStatus, jsonable
 from .safe import escape, markup, text
 
 __all__ = ["output_console", "print_status_tables", "register"]
@@ -80,26 +79,6 @@ def _qualifier(x: ExecutionStatus) -> str:
     n = x.steps_failed
     failed = f"{n} step{'' if n == 1 else 's'} failed, " if n else ""
     return f" (settled, {failed}no end event)"
-
-
-@dataclass(frozen=True)
-class StatusView:
-    """Everything `projector status` shows about one execution."""
-
-    execution: ExecutionStatus
-    steps: list[StepStatus]
-    children: list[ExecutionStatus]
-    #: The parent execution when it is stored (its id alone is `execution.parent_execution_id`).
-    parent: ExecutionStatus | None
-
-    def jsonable(self) -> dict[str, object]:
-        """What `projector status --json` prints."""
-        return {
-            **jsonable(self.execution),
-            "steps": [jsonable(s) for s in self.steps],
-            "parent": jsonable(self.parent) if self.parent is not None else None,
-            "children": [jsonable(c) for c in self.children],
-        }
 
 
 def _render_status(console: Console, view: StatusView) -> None:
@@ -286,24 +265,11 @@ def _render_history(console: Console, events: Sequence[readmodel.HistoryEvent]) 
     _print_blocks(console, blocks)
 
 
-async def _status_view(conn: readmodel.Conn, execution_id: str) -> StatusView:
-    execution = await readmodel.execution_status(conn, execution_id)
-    steps = await readmodel.step_statuses(conn, execution_id)
-    children = await readmodel.children(conn, execution.execution_id)
-    parent = None
-    if execution.parent_execution_id is not None:
-        try:
-            parent = await readmodel.execution_status(conn, execution.parent_execution_id)
-        except UnknownExecution:
-            parent = None
-    return StatusView(execution, steps, children, parent)
-
-
 async def print_status_tables(db: str, execution_ids: Sequence[str], console: Console) -> None:
     """Print the status table of each execution (used at the end of `projector demo`)."""
     async with await connect(db) as conn:
         for execution_id in execution_ids:
-            _render_status(console, await _status_view(conn, execution_id))
+            _render_status(console, await readmodel.status_view(conn, execution_id))
 
 
 def _fail(exc: UnknownExecution) -> int:
@@ -319,7 +285,7 @@ async def status_command(args: argparse.Namespace, db: str) -> int:
     """`projector status EXECUTION_ID [--json]`."""
     try:
         async with await connect(db) as conn:
-            view = await _status_view(conn, args.execution_id)
+            view = await readmodel.status_view(conn, args.execution_id)
     except UnknownExecution as exc:
         return _fail(exc)
     if args.json:

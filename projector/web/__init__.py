@@ -172,21 +172,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _status_doc(
-    x: ExecutionStatus,
-    steps: list[readmodel.StepStatus],
-    parent: ExecutionStatus | None,
-    children: list[ExecutionStatus],
-) -> dict[str, Any]:
-    """What `projector status --json` prints."""
-    return {
-        **jsonable(x),
-        "steps": [jsonable(s) for s in steps],
-        "parent": jsonable(parent) if parent is not None else None,
-        "children": [jsonable(c) for c in children],
-    }
-
-
 def _signature(tl: timeline_model.Timeline) -> str:
     doc = [jsonable(tl.execution), [jsonable(r.step) for r in tl.steps]]
     doc.append([jsonable(c) for c in tl.children])
@@ -295,16 +280,9 @@ def create_app(url: str, *, pool_size: int = 4) -> Starlette:
         return JSONResponse([jsonable(r) for r in rows])
 
     async def api_status(request: Request) -> Response:
-        key = request.path_params["execution_id"]
         async with pool.connection() as conn:
-            x = await readmodel.execution_status(conn, key)
-            steps = await readmodel.step_statuses(conn, key)
-            children = await readmodel.children(conn, x.execution_id)
-            parent = None
-            if x.parent_execution_id is not None:
-                with contextlib.suppress(UnknownExecution):
-                    parent = await readmodel.execution_status(conn, x.parent_execution_id)
-        return JSONResponse(_status_doc(x, steps, parent, children))
+            view = await readmodel.status_view(conn, request.path_params["execution_id"])
+        return JSONResponse(view.jsonable())
 
     async def api_history(request: Request) -> Response:
         key = request.path_params["execution_id"]
