@@ -58,6 +58,13 @@ def markdown(doc: dict[str, Any]) -> str:
                 ms = ", ".join(f"{x:.2f}" for x in series["latencies_ms"][:20])
                 out.append(f"- {name}: {len(series['latencies_ms'])} samples (ms, first 20): {ms}")
                 continue
+            if "samples" not in series:  # plain per-round figures (rates, lags) of one variant
+                parts = [
+                    f"{key}: " + ", ".join(f"{x:,.2f}" for x in values)
+                    for key, values in series.items()
+                ]
+                out.append(f"- {name}: rounds: " + "; ".join(parts))
+                continue
             rates = ", ".join(f"{x['rate']:,.0f}" for x in series["samples"])
             out.append(f"- {name}: median {series['median_rate']:,.0f}/s; rounds: {rates}")
         for note in s["notes"]:

@@ -57,6 +57,21 @@ def test_quick_run_writes_results(server_url: str, tmp_path: Path) -> None:
         assert labels[label]["unit"] == "µs" and labels[label]["value"] > 0
 
 
+def test_catch_up_scenario_reports_its_per_round_series(server_url: str, tmp_path: Path) -> None:
+    """Scenario 5's series without samples (catch-up while ingesting, 2 shards) reach the report."""
+    status = bench_cli.main(
+        ["--quick", "--scenarios", "5", "--database-url", server_url, "--output", str(tmp_path)]
+    )
+    assert status == 0
+    (result,) = tmp_path.glob("*-quick-scenarios-5.json")
+    (scenario,) = json.loads(result.read_text())["scenarios"]
+    assert scenario["error"] is None
+    assert len(scenario["series"]["2 shards"]["rates"]) >= 1
+    report = result.with_suffix(".md").read_text()
+    assert "- 2 shards: rounds: rates: " in report
+    assert "- catch-up while ingesting: rounds: rates: " in report and "lags_s: " in report
+
+
 @pytest.mark.nats
 def test_nats_scenario_runs_end_to_end(server_url: str, nats_url: str, tmp_path: Path) -> None:
     argv = ["--quick", "--scenarios", "10", "--events", "3000", "--rounds", "1"]
