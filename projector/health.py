@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -164,6 +165,9 @@ async def readiness(url: str, head: str, max_lag: float, lag: LagCheck) -> Readi
     return Readiness(True, "", figures)
 
 
+#: Seconds a /readyz answer is reused for the requests that follow it.
+READY_REUSE: Final = 1.0
+
 _REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Unavailable"}
 
 
@@ -173,6 +177,10 @@ class HealthServer:
     def __init__(self, registry: CollectorRegistry, ready: ReadyCheck) -> None:
         self.registry = registry
         self.ready = ready
+        # One probe at a time, its answer reused for READY_REUSE seconds: however many clients
+        # ask, /readyz opens at most one database connection at a time (and a burst, one).
+        self._probe_lock = asyncio.Lock()
+        self._last: tuple[float, Readiness] | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
@@ -214,13 +222,22 @@ class HealthServer:
         if path == "/healthz":
             return 200, "application/json", b'{"alive":true}\n'
         if path == "/readyz":
+            ready = await self._readiness()
+            return (200 if ready.ready else 503), "application/json", ready.body()
+        return 404, "text/plain; charset=utf-8", b"try /metrics, /healthz or /readyz\n"
+
+    async def _readiness(self) -> Readiness:
+        async with self._probe_lock:
+            now = time.monotonic()
+            if self._last is not None and now - self._last[0] < READY_REUSE:
+                return self._last[1]
             try:
                 ready = await self.ready()
             except Exception as exc:  # a bug in a probe: not ready, and say why
                 log.exception("readiness probe failed")
                 ready = Readiness(False, f"internal error: {type(exc).__name__}: {exc}")
-            return (200 if ready.ready else 503), "application/json", ready.body()
-        return 404, "text/plain; charset=utf-8", b"try /metrics, /healthz or /readyz\n"
+            self._last = (time.monotonic(), ready)
+            return ready
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -144,7 +144,7 @@ async def _fence_and_checkpoint(
     # The fence first: after the checkpoint INSERT this transaction has an id of its own.
     fence = await _position(conn, query("projection.fence"))
     if shard is None:
-        await conn.execute(query("projection.ensure_checkpoint"), (name,))
+        await conn.execute(query("projection.ensure_checkpoint"), {"name": name})
         start = await _position(conn, query("projection.read_checkpoint"), (name,))
     else:
         own = shard.checkpoint_name(name)
@@ -334,7 +334,6 @@ async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult
         cur = await conn.execute(query("projection.rebuild_executions"))
         executions = cur.rowcount
         await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
-        await conn.execute(query("projection.write_shard_checkpoints"), (str(fence), name))
         return RebuildResult(steps, executions, fence)
 
 

@@ -118,6 +118,16 @@ async def set_revision(aconn: Conn, revision: str) -> None:
     await aconn.execute("UPDATE alembic_version SET version_num = %s", (revision,))
 
 
+async def readyz_after(base: str, want: int) -> tuple[int, str]:
+    """/readyz once its answer is `want` (an answer is reused for up to a second)."""
+
+    async def answered() -> bool:
+        return (await get(base + "/readyz"))[0] == want
+
+    await wait_for(answered, f"/readyz to answer {want}", limit=BOUND)
+    return await get(base + "/readyz")
+
+
 async def test_project_counts_what_it_projects_and_readyz_follows_lag_and_schema(
     database_url: str, aconn: Conn
 ) -> None:
@@ -163,11 +173,11 @@ async def test_project_counts_what_it_projects_and_readyz_follows_lag_and_schema
         assert (await samples(base))["noetl_projector_events_projected_total"] == 30
 
         await set_revision(aconn, "0004")
-        status, body = await get(base + "/readyz")
+        status, body = await readyz_after(base, 503)
         assert status == 503
         assert "revision 0004" in json.loads(body)["reason"] and "\n" not in body.rstrip("\n")
         await set_revision(aconn, migrate.head())
-        assert (await get(base + "/readyz"))[0] == 200
+        assert (await readyz_after(base, 200))[0] == 200
         assert (await get(base + "/nope"))[0] == 404
 
 
@@ -225,10 +235,10 @@ async def test_consume_counts_stored_and_rejected_and_readyz_follows_schema(
         assert got["noetl_projector_nats_lag_seconds"] == 0
 
         await set_revision(aconn, "0003")
-        status, body = await get(base + "/readyz")
+        status, body = await readyz_after(base, 503)
         assert status == 503 and "revision 0003" in json.loads(body)["reason"]
         await set_revision(aconn, migrate.head())
-        assert (await get(base + "/readyz"))[0] == 200
+        assert (await readyz_after(base, 200))[0] == 200
 
 
 def test_a_bad_address_is_a_usage_error(
@@ -273,6 +283,26 @@ async def test_two_processes_worth_of_registries_do_not_collide() -> None:
 
 async def _ready() -> Readiness:
     return Readiness(True)
+
+
+async def test_a_burst_of_readyz_requests_runs_one_probe() -> None:
+    """However many clients ask at once, one probe (one database connection) answers them."""
+    probes = 0
+
+    async def slow_probe() -> Readiness:
+        nonlocal probes
+        probes += 1
+        await asyncio.sleep(0.2)
+        return Readiness(False, "schema behind")
+
+    server = HealthServer(ProjectMetrics().registry, slow_probe)
+    await server.start("127.0.0.1", 0)
+    try:
+        answers = await asyncio.gather(*(get(server.url + "/readyz") for _ in range(30)))
+    finally:
+        await server.close()
+    assert {status for status, _ in answers} == {503}
+    assert probes == 1
 
 
 def test_consume_lag_is_the_age_of_the_newest_message_stored_while_some_are_pending() -> None:

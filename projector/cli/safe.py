@@ -44,6 +44,7 @@ _UNSAFE = (
     "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional controls
     "\u2028\u2029"  # line and paragraph separators
     "\ud800-\udfff"  # lone surrogates
+    "\ufffe\uffff"  # noncharacters XML refuses (an SVG with one does not parse)
 )
 _UNSAFE_KEEP_LAYOUT = re.compile(f"[{_UNSAFE}]")
 _UNSAFE_ALL = re.compile(f"[\t\n{_UNSAFE}]")

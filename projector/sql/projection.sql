@@ -38,18 +38,30 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text
 
 -- name: ensure_checkpoint
--- The checkpoint row of the named projection, at position 0 when it is new.
-INSERT INTO noetl.projector_checkpoint (name, position) VALUES (%s, '0')
+-- The checkpoint row of the named projection. A new one starts where the shards of that
+-- projection (rows `name/K-of-N`) all are (everything below their lowest position is projected),
+-- else at 0; their rows are removed, so that no row nobody moves holds the views' position (the
+-- lowest checkpoint) back.
+WITH shards AS (
+    DELETE FROM noetl.projector_checkpoint
+    WHERE starts_with(name, %(name)s || '/') AND name ~ '/[0-9]+-of-[0-9]+$'
+    RETURNING position
+)
+INSERT INTO noetl.projector_checkpoint (name, position)
+SELECT %(name)s, coalesce((SELECT min(position) FROM shards), '0')
 ON CONFLICT (name) DO NOTHING
 
 -- name: ensure_shard_checkpoints
 -- The checkpoint rows of every shard of a set of `n` (names `base/K-of-n`), created together so
 -- that the views' position (the lowest checkpoint) never passes a shard that has not run yet.
 -- A new row starts where the unsharded projection `base` is (everything below it is projected),
--- else at 0.
+-- else at 0; the row of `base` is removed (nobody moves it while shards run: left, it would hold
+-- the views' position back).
+WITH base AS (
+    DELETE FROM noetl.projector_checkpoint WHERE name = %(base)s RETURNING position
+)
 INSERT INTO noetl.projector_checkpoint (name, position)
-SELECT %(base)s || '/' || k || '-of-' || %(n)s,
-       coalesce((SELECT position FROM noetl.projector_checkpoint WHERE name = %(base)s), '0')
+SELECT %(base)s || '/' || k || '-of-' || %(n)s, coalesce((SELECT position FROM base), '0')
 FROM generate_series(0, %(n)s - 1) AS k
 ON CONFLICT (name) DO NOTHING
 
@@ -64,12 +76,6 @@ SELECT position::text FROM noetl.projector_checkpoint WHERE name = %s
 -- name: write_checkpoint
 -- Move the named projection's checkpoint to the given position (position first, then name).
 UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WHERE name = %s
-
--- name: write_shard_checkpoints
--- The rebuild's: move the checkpoints of every shard of the projection (`name/K-of-N`) to the
--- rebuild's position too (position first, then name); the rebuild recomputed their executions.
-UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now()
-WHERE starts_with(name, %s || '/') AND name ~ '/[0-9]+-of-[0-9]+$'
 
 -- name: serial
 -- No parallel plans for the rest of the transaction: a chunk's statements read a few thousand

@@ -188,7 +188,12 @@ def create_app(url: str, *, pool_size: int = 4) -> Starlette:
         url,
         min_size=1,
         max_size=pool_size,
-        kwargs={"autocommit": True, **PROJECTION_KWARGS},
+        # Read-only sessions: whatever role the URL names, the web view cannot write.
+        kwargs={
+            "autocommit": True,
+            **PROJECTION_KWARGS,
+            "options": f"{PROJECTION_KWARGS['options']} -c default_transaction_read_only=on",
+        },
         open=False,
     )
 
