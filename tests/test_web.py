@@ -169,3 +169,46 @@ async def test_it_serves_as_a_noetl_reader_login(aconn: Conn, database_url: str)
                 assert status == 200, (path, body[:500])
     finally:
         await aconn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+def _status_with_host(base: str, host: str) -> int:
+    import http.client
+
+    netloc = urllib.parse.urlsplit(base).netloc
+    conn = http.client.HTTPConnection(netloc, timeout=30)
+    try:
+        conn.request("GET", "/api/executions?limit=1", headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+async def test_a_page_that_rebinds_its_name_to_loopback_is_refused(
+    aconn: Conn, database_url: str
+) -> None:
+    """DNS rebinding: a browser sends the attacker's name as Host; loopback names pass."""
+    await insert_events(aconn, sample_events("success"))
+    with serving(database_url) as base:
+        port = urllib.parse.urlsplit(base).port
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+            assert await asyncio.to_thread(_status_with_host, base, host) == 400, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+            assert await asyncio.to_thread(_status_with_host, base, host) == 200, host
+
+
+def test_the_allowed_hosts() -> None:
+    from projector.web import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts("127.0.0.2", ["Box.Local"]) == [
+        "localhost",
+        "127.0.0.1",
+        "[::1]",
+        "127.0.0.2",
+        "box.local",
+    ]
+    assert allowed_hosts("0.0.0.0") == ["*"]
+    assert allowed_hosts("192.0.2.1", ["projector.internal"]) == ["projector.internal"]

@@ -261,7 +261,7 @@ async def serve_command(args: argparse.Namespace, db: str) -> int:
             "pip install 'noetl-projector[web]'"
         ) from None
     host, port = args.address
-    await serve(db, host, port)
+    await serve(db, host, port, hosts=args.allowed_host)
     return 0
 
 
@@ -313,8 +313,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Serve the executions list, an execution page (steps, timeline, events, "
         "live while it runs) and a JSON API with the shapes of the commands' --json. Reads "
         "only; binds to loopback unless told otherwise; use a login in the noetl_reader role. "
+        "Answers only requests whose Host header it allows (on loopback: localhost, "
+        "127.0.0.1, [::1]), so a page that rebinds its DNS name to this machine cannot read it. "
         "Needs noetl-projector[web].",
-        epilog="example: projector serve --address 127.0.0.1:8800",
+        epilog="examples: projector serve --address 127.0.0.1:8800; "
+        "projector serve --address 0.0.0.0:8800 --allowed-host projector.internal",
     )
     p.add_argument(
         "--address",
@@ -322,5 +325,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=("127.0.0.1", 8800),
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:8800)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name (repeatable); bound to an address other "
+        "than loopback, only the names given are answered (default there: any)",
     )
     p.set_defaults(handler=serve_command)

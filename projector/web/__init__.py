@@ -23,16 +23,22 @@ Reads only: every statement is a SELECT of :mod:`projector.readmodel`, :mod:`pro
 or ``projector/sql/web.sql``, on autocommit connections of a pool opened when the server starts.
 Connect as a login in the ``noetl_reader`` role (README "Roles") so that the database enforces
 it. :func:`serve` binds to the address it is given; the command's default is loopback.
+
+Host header: a request whose ``Host`` names no allowed host is answered 400, so that a web page
+which rebinds its own DNS name to 127.0.0.1 cannot read the API through a local browser. Bound
+to loopback, the allowed hosts are ``localhost``, ``127.0.0.1``, ``[::1]`` and the bound address
+(:func:`allowed_hosts`); bound elsewhere, any host unless names are given (``--allowed-host``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +48,8 @@ from markupsafe import Markup
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -56,7 +64,10 @@ from ..queries import query
 from ..readmodel import ExecutionStatus, jsonable
 from ..timeouts import PROJECTION_KWARGS
 
-__all__ = ["create_app", "executions", "serve"]
+__all__ = ["allowed_hosts", "create_app", "executions", "serve"]
+
+#: The names a browser on this machine uses for a loopback server.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 _MAX_LIMIT = 1000
@@ -181,8 +192,36 @@ def _signature(tl: timeline_model.Timeline) -> str:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(url: str, *, pool_size: int = 4) -> Starlette:
-    """The web application reading the database at `url` (its pool opens on startup)."""
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 without brackets) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str, given: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` header values :func:`create_app` accepts when bound to `host`.
+
+    The names `given` (``--allowed-host``) are added to the loopback names when bound to
+    loopback, and are the whole list otherwise; bound elsewhere with none given, any host
+    (``["*"]``): such a server is reachable without a browser's help anyway.
+    """
+    names = [g.lower() for g in given]
+    if is_loopback(host):
+        bound = f"[{host}]" if ":" in host else host
+        return list(dict.fromkeys([*LOOPBACK_NAMES, bound.lower(), *names]))
+    return names or ["*"]
+
+
+def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_NAMES) -> Starlette:
+    """The web application reading the database at `url` (its pool opens on startup).
+
+    `hosts`: the ``Host`` header values it answers (:func:`allowed_hosts`; ``["*"]`` for any);
+    any other is answered 400.
+    """
     env = _environment()
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url,
@@ -319,15 +358,26 @@ def create_app(url: str, *, pool_size: int = 4) -> Starlette:
         Route("/api/executions/{execution_id:path}/timeline", guarded(api_timeline)),
         Route("/api/executions/{execution_id:path}", guarded(api_status)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
-async def serve(url: str, host: str, port: int) -> None:
-    """Serve the web view on `host`:`port` until interrupted (Ctrl-C, SIGTERM)."""
+async def serve(url: str, host: str, port: int, *, hosts: Sequence[str] = ()) -> None:
+    """Serve the web view on `host`:`port` until interrupted (Ctrl-C, SIGTERM).
+
+    `hosts`: extra ``Host`` names to answer (:func:`allowed_hosts`).
+    """
+    allowed = allowed_hosts(host, hosts)
     config = uvicorn.Config(
-        create_app(url), host=host, port=port, log_level="warning", lifespan="on"
+        create_app(url, hosts=allowed), host=host, port=port, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(f"projector: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+    if allowed == ["*"]:
+        print(
+            "projector: any Host header is answered; name the hosts users type with "
+            "--allowed-host NAME",
+            file=sys.stderr,
+        )
     await server.serve()
