@@ -119,12 +119,20 @@ async def test_a_writer_stores_events_and_cannot_rewrite_history(
             "INSERT INTO noetl.step_state VALUES ('e', 's', 'x', 1, now(), now(), now(), 't', 1)",
             "UPDATE noetl.projector_checkpoint SET position = '0'",
             "SELECT noetl.ensure_event_partitions(current_date, 1)",
+            # A txid below the checkpoint would never be projected (revision 0007).
+            "INSERT INTO noetl.event (execution_id, event_id, event_type, created_at, txid) "
+            "VALUES ('e', 'x', 'step.enter', now(), '3')",
         ]:
             assert await refused(writer, statement), statement
+        await writer.execute(
+            "INSERT INTO noetl.event (execution_id, event_id, event_type, created_at) "
+            "VALUES ('e', 'by-hand', 'step.enter', now())"
+        )
     cur = await aconn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'FAILED') FROM noetl.event"
+        "SELECT count(*), count(*) FILTER (WHERE status = 'FAILED'), "
+        "bool_and(txid::text::bigint > 3) FROM noetl.event"
     )
-    assert await cur.fetchone() == (301, 0)
+    assert await cur.fetchone() == (302, 0, True)
 
 
 async def test_the_projector_role_projects_rebuilds_and_creates_partitions(
