@@ -247,8 +247,21 @@ async def _log_reconnected() -> None:
     log.info("NATS connection re-established")
 
 
+def servers(url: str) -> list[str]:
+    """The server URLs of `url`: one, or several separated by commas (the nodes of a cluster,
+    ``nats://a:4222,nats://b:4222``), as nats-py's ``servers=`` takes them."""
+    found = [part.strip() for part in url.split(",") if part.strip()]
+    if not found:
+        raise NatsUnavailable(f"no NATS server in {url!r}: give nats://HOST:PORT[,nats://...]")
+    return found
+
+
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
-    """Connect to NATS (reconnecting forever after a first success); errors become ours."""
+    """Connect to NATS (reconnecting forever after a first success); errors become ours.
+
+    `url` may name several servers separated by commas: nats-py tries them in a random order
+    for the first connection and moves to another one when a connection is lost.
+    """
     client: list[Any] = []
     shown = redact(remember(url))  # messages name the server, never its credentials
 
@@ -258,7 +271,7 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
 
     try:
         nc = await nats.connect(
-            servers=[url],
+            servers=servers(url),
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,

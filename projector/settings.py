@@ -50,7 +50,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds of lag beyond which /readyz answers 503.",
     )
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL.")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL; several separated by commas (a cluster's nodes).",
+    )
     nats_stream: str = Field(default="NOETL_EVENTS", description="JetStream stream of events.")
     nats_subject_prefix: str = Field(
         default="noetl.events",

@@ -259,3 +259,24 @@ async def test_unanswered_publishes_time_out(nats_url: str, names: Names) -> Non
             assert not sink._batches  # nothing left waiting
     finally:
         await nc.close()
+
+
+def test_a_nats_url_may_name_several_servers() -> None:
+    from projector.jetstream import servers
+
+    assert servers("nats://a:4222") == ["nats://a:4222"]
+    assert servers(" nats://a:4222 , nats://b:4223,") == ["nats://a:4222", "nats://b:4223"]
+    with pytest.raises(NatsUnavailable, match="no NATS server"):
+        servers(" , ")
+
+
+async def test_a_server_of_the_list_that_is_down_is_passed_over(
+    nats_url: str, names: Names, js: Any
+) -> None:
+    """A cluster's URL list with one node down: the sink connects to another and publishes."""
+    down = f"nats://127.0.0.1:{_free_port()}"  # a loopback port nobody listens on
+    for url in (f"{down},{nats_url}", f"{nats_url},{down}"):
+        async with NatsEventSink(url, stream=names.stream, subject_prefix=names.prefix) as sink:
+            await sink.emit(make_events(1, execution_id=url)[0])
+    info = await js.stream_info(names.stream)
+    assert info.state.messages == 2
