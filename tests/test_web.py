@@ -212,3 +212,52 @@ def test_the_allowed_hosts() -> None:
     ]
     assert allowed_hosts("0.0.0.0") == ["*"]
     assert allowed_hosts("192.0.2.1", ["projector.internal"]) == ["projector.internal"]
+
+
+def test_an_id_is_one_path_segment_that_reads_back_as_itself() -> None:
+    from projector.web import id_from_segment, id_segment
+
+    for execution_id in ["7288", "a/b", "x/live", "x/timeline.svg", ".", "..", "...", "~", "~/.."]:
+        segment = id_segment(execution_id)
+        assert "/" not in segment and segment not in (".", "..")
+        assert urllib.parse.unquote(segment) not in (".", "..")
+        assert id_from_segment(segment) == execution_id
+    assert id_segment("7288213371283718001") == "7288213371283718001"
+    assert id_segment("..") == "~.." and id_segment("~x") == "~~x"
+
+
+async def test_ids_that_look_like_paths_open_their_own_pages(
+    aconn: Conn, database_url: str
+) -> None:
+    """An id ending in /live or /history, or made of dots, is linked and served as itself."""
+    from projector.web import id_segment
+
+    ids = ["run/live", "run", "run/history", "..", "."]
+    await insert_events(
+        aconn,
+        [
+            ExecutorEvent(
+                execution_id=x,
+                event_id="1",
+                event_type="step.exit",
+                step=f"step of {x}",
+                status="COMPLETED",
+                created_at=datetime(2026, 1, 1, tzinfo=UTC),
+            )
+            for x in ids
+        ],
+    )
+    with serving(database_url) as base:
+        _, listing = await asyncio.to_thread(get, base + "/")
+        for x in ids:
+            segment = id_segment(x)
+            assert f'href="/executions/{segment}"' in listing, x
+            api = await asyncio.to_thread(get_json, f"{base}/api/executions/{segment}")
+            assert api["execution_id"] == x and api["steps"][0]["step"] == f"step of {x}"
+            history = await asyncio.to_thread(get_json, f"{base}/api/executions/{segment}/history")
+            assert [e["step"] for e in history] == [f"step of {x}"]
+            for suffix in ("", "/live", "/timeline.svg"):
+                status, page = await asyncio.to_thread(get, f"{base}/executions/{segment}{suffix}")
+                assert status == 200 and f"step of {x}" in page, (x, suffix)
+        status, body = await asyncio.to_thread(get, base + "/api/executions/run/nonsense")
+        assert status == 404 and "%2F" in json.loads(body)["error"]

@@ -13,6 +13,9 @@ its control characters made visible by :func:`projector.cli.safe.escape`):
   when what the views say changed;
 * ``/executions/{id}/timeline.svg``: the SVG alone.
 
+``{id}`` is one path segment (:func:`id_segment`: percent-encoded, "/" too, ``~`` in front of an
+id made of dots or starting with ``~``).
+
 JSON API, the shapes of the commands' ``--json``: ``/api/executions`` (``projector executions
 --json``, same filters), ``/api/executions/{id}`` (``projector status --json``),
 ``/api/executions/{id}/history`` (``projector history --json``; ``?step=``) and
@@ -38,7 +41,7 @@ import json
 import re
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -75,6 +78,10 @@ _MAX_LIMIT = 1000
 
 class BadFilter(ValueError):
     """A query parameter that is not valid (the page says which, the API answers 400)."""
+
+
+class BadPath(ValueError):
+    """A path under /executions/ or /api/executions/ that names no page (answered 404)."""
 
 
 async def executions(
@@ -169,7 +176,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["ts"] = _ts
     # An id as one path segment ("/" too is escaped; Jinja's urlencode keeps it).
-    env.filters["urlencode"] = lambda v: urllib.parse.quote(str(v), safe="")
+    env.filters["urlencode"] = lambda v: id_segment(str(v))
     env.filters["compact"] = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))
     env.globals["version"] = __version__
     env.globals["statuses"] = STATUSES
@@ -181,6 +188,45 @@ def _environment() -> jinja2.Environment:
 
     env.globals["duration"] = duration
     return env
+
+
+def id_segment(execution_id: str) -> str:
+    """`execution_id` as one path segment that reads back as itself (:func:`id_from_segment`).
+
+    Every character but the unreserved ones is percent-encoded, "/" included; an id made only of
+    dots (which a browser would resolve as ``.`` / ``..``, also written ``%2E``) or starting
+    with ``~`` gets a ``~`` in front.
+    """
+    if execution_id.startswith("~") or not execution_id.strip("."):
+        execution_id = "~" + execution_id
+    return urllib.parse.quote(execution_id, safe="")
+
+
+def id_from_segment(segment: str) -> str:
+    """The execution id that :func:`id_segment` made `segment` of (raw, percent-encoded)."""
+    text = urllib.parse.unquote(segment, errors="strict")
+    return text[1:] if text.startswith("~") else text
+
+
+def _by_id(prefix: str, handlers: Mapping[str, Handler]) -> Handler:
+    """Dispatch ``prefix + segment [/ suffix]`` to ``handlers[suffix]`` with the id decoded from
+    the raw path (the decoded one has lost which "/" belonged to the id)."""
+
+    async def dispatch(request: Request) -> Response:
+        raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+        tail = raw.decode("latin-1").split("?", 1)[0][len(prefix) :]
+        segment, _, suffix = tail.partition("/")
+        handler = handlers.get(suffix)
+        if handler is None or not segment:
+            raise BadPath(f"no such page: {request.url.path!r} (write / in an execution id as %2F)")
+        try:
+            execution_id = id_from_segment(segment)
+        except UnicodeDecodeError:
+            raise BadPath("the execution id in the path is not UTF-8") from None
+        request.scope["path_params"] = {"execution_id": execution_id}
+        return await handler(request)
+
+    return dispatch
 
 
 def _signature(tl: timeline_model.Timeline) -> str:
@@ -255,10 +301,11 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
                 return await handler(request)
             except UnknownExecution as exc:
                 return not_found(request, exc)
-            except BadFilter as exc:
+            except (BadFilter, BadPath) as exc:
+                code = 404 if isinstance(exc, BadPath) else 400
                 if request.url.path.startswith("/api/"):
-                    return JSONResponse({"error": str(exc)}, status_code=400)
-                return HTMLResponse(f"<p>{Markup.escape(escape(exc))}</p>", status_code=400)
+                    return JSONResponse({"error": str(exc)}, status_code=code)
+                return HTMLResponse(f"<p>{Markup.escape(escape(exc))}</p>", status_code=code)
 
         return run
 
@@ -345,18 +392,15 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
         finally:
             await pool.close()
 
-    # Execution ids may hold "/" (links escape it as %2F): the id runs up to the route's own
-    # suffix, so only an id that itself ends in "/live", "/timeline.svg", "/history" or
-    # "/timeline" is read as the shorter id.
+    # An execution id is one path segment of the raw (undecoded) path (:func:`id_segment`), so
+    # an id holding "/", ending in "/live" or made of dots is never read as another path.
+    pages = {"": execution_page, "live": live_fragment, "timeline.svg": timeline_svg}
+    api = {"": api_status, "history": api_history, "timeline": api_timeline}
     routes = [
         Route("/", guarded(executions_page)),
-        Route("/executions/{execution_id:path}/live", guarded(live_fragment)),
-        Route("/executions/{execution_id:path}/timeline.svg", guarded(timeline_svg)),
-        Route("/executions/{execution_id:path}", guarded(execution_page)),
+        Route("/executions/{rest:path}", guarded(_by_id("/executions/", pages))),
         Route("/api/executions", guarded(api_executions)),
-        Route("/api/executions/{execution_id:path}/history", guarded(api_history)),
-        Route("/api/executions/{execution_id:path}/timeline", guarded(api_timeline)),
-        Route("/api/executions/{execution_id:path}", guarded(api_status)),
+        Route("/api/executions/{rest:path}", guarded(_by_id("/api/executions/", api))),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)]
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
