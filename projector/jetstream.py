@@ -247,10 +247,16 @@ async def _log_reconnected() -> None:
     log.info("NATS connection re-established")
 
 
+#: Where a list of server URLs is cut: a comma before the next URL's scheme (``nats://``,
+#: ``tls://``, ``ws://``...), so that a comma inside a password stays in it.
+_NEXT_SERVER = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
 def servers(url: str) -> list[str]:
-    """The server URLs of `url`: one, or several separated by commas (the nodes of a cluster,
-    ``nats://a:4222,nats://b:4222``), as nats-py's ``servers=`` takes them."""
-    found = [part.strip() for part in url.split(",") if part.strip()]
+    """The server URLs of `url`: one, or several separated by commas, each with its scheme
+    (the nodes of a cluster, ``nats://a:4222,nats://b:4222``), as nats-py's ``servers=`` takes
+    them. A comma not followed by a scheme belongs to the URL it is in (e.g. its password)."""
+    found = [part.strip() for part in _NEXT_SERVER.split(url.strip().rstrip(",")) if part.strip()]
     if not found:
         raise NatsUnavailable(f"no NATS server in {url!r}: give nats://HOST:PORT[,nats://...]")
     return found

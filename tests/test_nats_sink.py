@@ -266,6 +266,11 @@ def test_a_nats_url_may_name_several_servers() -> None:
 
     assert servers("nats://a:4222") == ["nats://a:4222"]
     assert servers(" nats://a:4222 , nats://b:4223,") == ["nats://a:4222", "nats://b:4223"]
+    # A comma that no scheme follows is part of the URL (here its password).
+    assert servers("nats://u:pa,ss@a:4222,tls://b:4223") == [
+        "nats://u:pa,ss@a:4222",
+        "tls://b:4223",
+    ]
     with pytest.raises(NatsUnavailable, match="no NATS server"):
         servers(" , ")
 

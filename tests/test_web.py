@@ -192,26 +192,33 @@ async def test_a_page_that_rebinds_its_name_to_loopback_is_refused(
     await insert_events(aconn, sample_events("success"))
     with serving(database_url) as base:
         port = urllib.parse.urlsplit(base).port
-        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io"):
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", ""):
             assert await asyncio.to_thread(_status_with_host, base, host) == 400, host
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
             assert await asyncio.to_thread(_status_with_host, base, host) == 200, host
 
 
 def test_the_allowed_hosts() -> None:
-    from projector.web import allowed_hosts
+    from projector.hosts import allowed_hosts, host_name
 
-    assert allowed_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]"]
-    assert allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]
-    assert allowed_hosts("127.0.0.2", ["Box.Local"]) == [
-        "localhost",
-        "127.0.0.1",
-        "[::1]",
-        "127.0.0.2",
-        "box.local",
-    ]
-    assert allowed_hosts("0.0.0.0") == ["*"]
-    assert allowed_hosts("192.0.2.1", ["projector.internal"]) == ["projector.internal"]
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    assert allowed_hosts("127.0.0.1") == loopback
+    assert allowed_hosts("::1") == loopback
+    assert allowed_hosts("127.0.0.2", ["Box.Local."]) == [*loopback, "127.0.0.2", "box.local"]
+    # A wildcard bind is reachable on loopback too: no name is answered unless given.
+    assert allowed_hosts("0.0.0.0") == loopback
+    assert allowed_hosts("::", ["*.corp.example"]) == [*loopback, "*.corp.example"]
+    assert allowed_hosts("192.0.2.1", ["::1", "*"]) == [*loopback, "192.0.2.1", "*"]
+    assert host_name("0:0:0:0:0:0:0:1") == "[::1]"
+    for bad in ("box:8800", "box*", "a.*.b", "", "http://box", "u@box"):
+        with pytest.raises(ValueError):
+            host_name(bad)
+
+
+def test_a_bad_allowed_host_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["serve", "--allowed-host", "box:8800"]) == 2
+    err = capsys.readouterr().err
+    assert "without scheme, port or path" in err and "Traceback" not in err
 
 
 def test_an_id_is_one_path_segment_that_reads_back_as_itself() -> None:
@@ -261,3 +268,6 @@ async def test_ids_that_look_like_paths_open_their_own_pages(
                 assert status == 200 and f"step of {x}" in page, (x, suffix)
         status, body = await asyncio.to_thread(get, base + "/api/executions/run/nonsense")
         assert status == 404 and "%2F" in json.loads(body)["error"]
+        # Routed on the decoded path, but the raw one is not under /api/executions/.
+        status, body = await asyncio.to_thread(get, base + "/api/executions%2Frun")
+        assert status == 404

@@ -38,6 +38,7 @@ from .. import timeline as timeline_model
 from .. import timeline_render as render
 from ..channels import NOTIFY_CHANNEL
 from ..errors import ConfigurationError, UnknownExecution
+from ..hosts import host_name
 from ..projection import connect
 from ..readmodel import jsonable
 from .options import seconds
@@ -251,6 +252,14 @@ def _address(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _host_name(text: str) -> str:
+    """``--allowed-host``: a host name as the Host check compares it."""
+    try:
+        return host_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def serve_command(args: argparse.Namespace, db: str) -> int:
     """`projector serve [--address HOST:PORT]`."""
     try:
@@ -313,8 +322,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Serve the executions list, an execution page (steps, timeline, events, "
         "live while it runs) and a JSON API with the shapes of the commands' --json. Reads "
         "only; binds to loopback unless told otherwise; use a login in the noetl_reader role. "
-        "Answers only requests whose Host header it allows (on loopback: localhost, "
-        "127.0.0.1, [::1]), so a page that rebinds its DNS name to this machine cannot read it. "
+        "Answers only requests whose Host header it allows (localhost, 127.0.0.1, [::1], the "
+        "--address host, --allowed-host names), so a page that rebinds its DNS name to this "
+        "machine cannot read it. "
         "Needs noetl-projector[web].",
         epilog="examples: projector serve --address 127.0.0.1:8800; "
         "projector serve --address 0.0.0.0:8800 --allowed-host projector.internal",
@@ -329,9 +339,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--allowed-host",
         action="append",
+        type=_host_name,
         default=[],
         metavar="NAME",
-        help="also answer requests for this host name (repeatable); bound to an address other "
-        "than loopback, only the names given are answered (default there: any)",
+        help="also answer requests whose Host is NAME (repeatable; no port; *.example.com for "
+        "its subdomains; '*' turns the check off). Always answered: localhost, 127.0.0.1, "
+        "[::1] and the --address host unless it is 0.0.0.0 or ::",
     )
     p.set_defaults(handler=serve_command)

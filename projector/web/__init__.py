@@ -28,15 +28,15 @@ Connect as a login in the ``noetl_reader`` role (README "Roles") so that the dat
 it. :func:`serve` binds to the address it is given; the command's default is loopback.
 
 Host header: a request whose ``Host`` names no allowed host is answered 400, so that a web page
-which rebinds its own DNS name to 127.0.0.1 cannot read the API through a local browser. Bound
-to loopback, the allowed hosts are ``localhost``, ``127.0.0.1``, ``[::1]`` and the bound address
-(:func:`allowed_hosts`); bound elsewhere, any host unless names are given (``--allowed-host``).
+which rebinds its own DNS name to 127.0.0.1 cannot read the API through a local browser. The
+allowed hosts are ``localhost``, ``127.0.0.1``, ``[::1]``, the bound address (not a wildcard
+such as ``0.0.0.0``) and the names given (``--allowed-host``; ``*`` for any):
+:func:`allowed_hosts`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import re
 import sys
@@ -63,14 +63,13 @@ from .. import timeline_render as render
 from ..cli.safe import escape
 from ..errors import UnknownExecution
 from ..fold import STATUSES, normalize_status
+from ..hosts import LOOPBACK_NAMES, allowed_hosts
 from ..queries import query
 from ..readmodel import ExecutionStatus, jsonable
 from ..timeouts import PROJECTION_KWARGS
 
 __all__ = ["allowed_hosts", "create_app", "executions", "serve"]
 
-#: The names a browser on this machine uses for a loopback server.
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 _DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 _MAX_LIMIT = 1000
@@ -214,7 +213,10 @@ def _by_id(prefix: str, handlers: Mapping[str, Handler]) -> Handler:
 
     async def dispatch(request: Request) -> Response:
         raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-        tail = raw.decode("latin-1").split("?", 1)[0][len(prefix) :]
+        text = raw.decode("latin-1").split("?", 1)[0]
+        if not text.startswith(prefix):  # e.g. "/api/executions%2Frun": no such page
+            raise BadPath(f"no such page: {request.url.path!r}")
+        tail = text[len(prefix) :]
         segment, _, suffix = tail.partition("/")
         handler = handlers.get(suffix)
         if handler is None or not segment:
@@ -236,30 +238,6 @@ def _signature(tl: timeline_model.Timeline) -> str:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 without brackets) is this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
-    except ValueError:
-        return False
-
-
-def allowed_hosts(host: str, given: Sequence[str] = ()) -> list[str]:
-    """The ``Host`` header values :func:`create_app` accepts when bound to `host`.
-
-    The names `given` (``--allowed-host``) are added to the loopback names when bound to
-    loopback, and are the whole list otherwise; bound elsewhere with none given, any host
-    (``["*"]``): such a server is reachable without a browser's help anyway.
-    """
-    names = [g.lower() for g in given]
-    if is_loopback(host):
-        bound = f"[{host}]" if ":" in host else host
-        return list(dict.fromkeys([*LOOPBACK_NAMES, bound.lower(), *names]))
-    return names or ["*"]
 
 
 def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_NAMES) -> Starlette:
@@ -418,10 +396,8 @@ async def serve(url: str, host: str, port: int, *, hosts: Sequence[str] = ()) ->
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
     print(f"projector: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
-    if allowed == ["*"]:
-        print(
-            "projector: any Host header is answered; name the hosts users type with "
-            "--allowed-host NAME",
-            file=sys.stderr,
-        )
+    if "*" in allowed:
+        print("projector: --allowed-host '*': any Host header is answered", file=sys.stderr)
+    else:
+        print(f"projector: answering Host {', '.join(allowed)}", file=sys.stderr)
     await server.serve()
