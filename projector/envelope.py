@@ -465,7 +465,10 @@ class ExecutorEvent(BaseModel):
         JSON with canonical field names, ids as strings or integers, texts as strings,
         `created_at` written `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `model_dump_json`,
         `StdoutEventSink` and `NatsEventSink` write) and no `\\u` escape, `NaN` or `Infinity`
-        anywhere is checked here and built without pydantic's validators. Anything else, and
+        anywhere is checked here and built without pydantic's validators. Text that is exactly
+        orjson's serialisation of what orjson reads from it (what the sinks write) needs fewer
+        checks still: no duplicate key, NaN, lone surrogate or oversized integer can be in it,
+        so only U+0000 and the depth are looked for (`_verbatim`). Anything else, and
         anything invalid, goes through `model_validate_json`: the result, and the errors, are the
         same either way. `execution_id` fills an envelope that has none (or null); one that
         carries another is rejected. A :class:`ParsedRaw` gives back what its reader found.
