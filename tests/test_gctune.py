@@ -1,4 +1,4 @@
-"""`projector.gctune`: the collector settings `projector consume` applies to its own process."""
+"""`projector.gctune`: the collector settings `projector consume` runs with."""
 
 from __future__ import annotations
 
@@ -19,24 +19,34 @@ def restored_gc() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restored_gc")
-def test_tune_freezes_what_is_alive_and_raises_the_young_threshold() -> None:
+def test_tuned_freezes_what_is_alive_raises_the_young_threshold_and_restores_both() -> None:
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
-    gctune.tune()
-    assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (gctune.YOUNG_THRESHOLD, 10, 10)
-    # Cycles made afterwards are still collected.
-    cycle: list[object] = []
-    cycle.append(cycle)
-    del cycle
-    assert gc.collect() >= 1
+    with gctune.tuned():
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (gctune.YOUNG_THRESHOLD, 10, 10)
+        # Cycles made meanwhile are still collected.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.usefixtures("restored_gc")
-def test_tune_never_lowers_a_higher_threshold_nor_enables_a_disabled_one() -> None:
+def test_tuned_keeps_a_higher_or_disabled_threshold_and_an_earlier_freeze() -> None:
     gc.set_threshold(50_000, 5, 5)
-    gctune.tune()
-    assert gc.get_threshold() == (50_000, 5, 5)
+    with gctune.tuned():
+        assert gc.get_threshold() == (50_000, 5, 5)
     gc.set_threshold(0, 5, 5)  # 0 disables automatic collection: left so
-    gctune.tune()
-    assert gc.get_threshold() == (0, 5, 5)
+    with gctune.tuned():
+        assert gc.get_threshold() == (0, 5, 5)
+    gc.set_threshold(700, 5, 5)
+    gc.freeze()  # someone else froze first: their freeze stays
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    with pytest.raises(RuntimeError), gctune.tuned():
+        raise RuntimeError("the command failed")
+    assert gc.get_freeze_count() >= frozen
+    assert gc.get_threshold() == (700, 5, 5)

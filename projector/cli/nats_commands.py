@@ -177,10 +177,11 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
     async def ready() -> Readiness:
         return await readiness(db, head, args.ready_max_lag, lag_now)
 
-    # This process only moves events: the collector need not walk what start-up loaded.
-    gctune.tune()
-    async with serving(args.metrics_address, metrics.registry, ready):
-        stats = await _consume(bridge)
+    # While it runs, this command only moves events: the collector need not walk what start-up
+    # loaded.
+    with gctune.tuned():
+        async with serving(args.metrics_address, metrics.registry, ready):
+            stats = await _consume(bridge)
     if args.json:
         print(json.dumps(stats.summary()), flush=True)
     return 0
