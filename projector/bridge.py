@@ -141,6 +141,20 @@ class BridgeStats:
         )
 
 
+_new = object.__new__
+
+
+def _raw_envelope(raw: bytes, source: str, position: int | None) -> RawEnvelope:
+    """`RawEnvelope(raw, source, position)` without the frozen dataclass's `__init__` (three
+    `object.__setattr__` calls: a third of the bridge's own work per message); the same object."""
+    made: RawEnvelope = _new(RawEnvelope)
+    fields = made.__dict__
+    fields["raw"] = raw
+    fields["source"] = source
+    fields["position"] = position
+    return made
+
+
 class Bridge:
     """Moves events from a JetStream durable consumer into PostgreSQL (module docstring)."""
 
@@ -370,7 +384,7 @@ class Bridge:
             source = "nats:" + subject.decode("utf-8", "backslashreplace")
             parts = split(data)
             if parts is None:
-                append(RawEnvelope(data, source=source, position=sequence))
+                append(_raw_envelope(data, source, sequence))
                 if owners is not None:
                     owners.append(m)
                 continue

@@ -465,7 +465,10 @@ class ExecutorEvent(BaseModel):
         JSON with canonical field names, ids as strings or integers, texts as strings,
         `created_at` written `YYYY-MM-DDTHH:MM:SS.ffffffZ` (what `model_dump_json`,
         `StdoutEventSink` and `NatsEventSink` write) and no `\\u` escape, `NaN` or `Infinity`
-        anywhere is checked here and built without pydantic's validators. Anything else, and
+        anywhere is checked here and built without pydantic's validators. Text that is exactly
+        orjson's serialisation of what orjson reads from it (what the sinks write) needs fewer
+        checks still: no duplicate key, NaN, lone surrogate or oversized integer can be in it,
+        so only U+0000 and the depth are looked for (`_verbatim`). Anything else, and
         anything invalid, goes through `model_validate_json`: the result, and the errors, are the
         same either way. `execution_id` fills an envelope that has none (or null); one that
         carries another is rejected. A :class:`ParsedRaw` gives back what its reader found.
@@ -649,14 +652,22 @@ def _parse_canonical(
     checked exactly as the validators would, else None to let pydantic decide; and the parsed
     JSON when it got that far (for the duplicate-key check)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    # \u escapes may hide U+0000 or lone surrogates; NaN and Infinity are not JSON (the parser
-    # below would take them). Text that merely contains these bytes just takes the slow path.
-    if _SLOW_PATH_BYTES.search(data) is not None:
-        return None, None
-    try:
-        d = pydantic_core.from_json(data)  # keeps integers beyond 64 bits exact, as pydantic does
-    except ValueError:
-        return None, None
+    d = _verbatim(data)
+    # Exactly orjson's serialisation of what it parsed to (what the sinks write): no duplicate
+    # key (the serialisation of a dict holds none), no lone surrogate, NaN, infinity or integer
+    # beyond 64 bits (orjson refuses to read them), U+0000 only as the escape `\u0000`, and the
+    # nesting is bounded: nothing `_storable` would refuse, without a walk (see `_verbatim`).
+    verbatim = d is not None
+    if d is None:
+        # \u escapes may hide U+0000 or lone surrogates; NaN and Infinity are not JSON (the
+        # parser below would take them). Text that merely contains these bytes just takes the
+        # slow path.
+        if _SLOW_PATH_BYTES.search(data) is not None:
+            return None, None
+        try:
+            d = pydantic_core.from_json(data)  # keeps integers beyond 64 bits exact, as pydantic
+        except ValueError:
+            return None, None
     if type(d) is not dict or not _CANONICAL.issuperset(d):
         return None, d
     execution_id = d.get("execution_id")
@@ -689,16 +700,20 @@ def _parse_canonical(
     ):
         return None, d
     context = d.get("context", {})
-    # Text that is exactly orjson's serialisation of what it parsed to (what the sinks write)
-    # holds no duplicate key, and without a `null` it holds nothing `_storable` would refuse:
-    # one serialisation settles both. Otherwise, what `_storable` checks (numbers out of float
+    # Otherwise, text that serialises back exactly (pydantic's parser read it) holds no
+    # duplicate key, and without a `null` it holds nothing `_storable` would refuse: one
+    # serialisation settles both. Otherwise, what `_storable` checks (numbers out of float
     # range parse as infinities, integers beyond 64 bits need the exact path: either makes
     # `_plain_json` say "look closer"), then the duplicate keys the slow way.
-    try:
-        verbatim = orjson.dumps(d) == data
-    except (TypeError, orjson.JSONEncodeError):
-        verbatim = False
-    if not verbatim or b"null" in data:
+    if not verbatim:
+        try:
+            verbatim = orjson.dumps(d) == data
+        except (TypeError, orjson.JSONEncodeError):
+            verbatim = False
+        suspect = not verbatim or b"null" in data
+    else:
+        suspect = False
+    if suspect:
         if not _plain_json(context) or (meta is not None and not _plain_json(meta)):
             return None, d
         if not verbatim and _duplicate_key(data, None) is not None:
@@ -732,10 +747,32 @@ def _parse_canonical(
     return event, d
 
 
+def _verbatim(data: bytes) -> Any:
+    """What orjson reads from `data` when `data` is exactly orjson's serialisation of it and holds
+    nothing `_storable` refuses (checked here without walking it), else None.
+
+    orjson reads strict JSON only: no NaN or infinities (also none from numbers beyond float
+    range), no lone surrogates (escaped or as bytes), no integers beyond 64 bits (it reads them as
+    floats, which then serialise differently). Its output writes U+0000 as ``\\u0000``, so the
+    absence of those bytes means no NUL in any key or text; and the depth is bounded as in
+    `_plain_json` (`MAX_JSON_DEPTH` counts from the envelope's fields, one level below the
+    top)."""
+    try:
+        d = orjson.loads(data)
+        if orjson.dumps(d) != data:
+            return None
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # (nested past orjson's limit too)
+        return None
+    if data.find(b"\\") >= 0 and b"\\u0000" in data:  # (find: memchr, ~4x cheaper than `in`)
+        return None
+    if len(data) > 2 * MAX_JSON_DEPTH and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH:
+        return None
+    return d
+
+
 _set = object.__setattr__
 _SLOW_PATH_BYTES = re.compile(rb"\\u|NaN|Infinity")
 # Exactly `format_timestamp`'s form: anything else (other precisions, offsets, ISO week dates that
 # `datetime.fromisoformat` would take) is left to pydantic.
-_CANONICAL_TIMESTAMP = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
-)
+# (`\d` with re.ASCII is [0-9], and matches a third faster than the class.)
+_CANONICAL_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)

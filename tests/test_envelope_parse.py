@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from projector import ExecutorEvent
-from projector.envelope import _parse_canonical
+from projector.envelope import MAX_JSON_DEPTH, _parse_canonical, _verbatim
+from projector.natsink import _envelope
 from projector.sinks import envelope_bytes
 
 json_values = st.recursive(
@@ -61,6 +64,10 @@ def _spellings(d: dict[str, Any]) -> list[bytes]:
         json.dumps(canonical, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
     ]
     out.append(json.dumps(canonical, allow_nan=True).encode())  # ensure_ascii: \u escapes
+    # What the sinks write: orjson's compact form, read by the verbatim path (orjson cannot write
+    # NaN, lone surrogates or integers beyond 64 bits: those envelopes have no such spelling).
+    with contextlib.suppress(TypeError, orjson.JSONEncodeError):
+        out.append(orjson.dumps(canonical))
     return out
 
 
@@ -139,3 +146,107 @@ def test_parse_json_declines_what_it_cannot_check(raw: str) -> None:
         _outcome(ExecutorEvent.parse_json, raw.encode())[:3]
         == _outcome(ExecutorEvent.model_validate_json, raw.encode())[:3]
     )
+
+
+VERBATIM_HEAD = b'{"execution_id":"e1","event_id":"1","event_type":"t","step":"s","status":"",'
+VERBATIM_WHEN = b'"created_at":"2026-11-29T08:00:00.000000Z"'
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    ("raw", "verbatim"),
+    [
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":null,"b":[null]}}', True),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":null,"meta":null}', True),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":1.5,"b":-0.0,"c":1e-7}}', True),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":18446744073709551615}}', True),
+        # U+0000, as orjson writes it, in a value, a key, a text field: rejected
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"x\\u0000"}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"\\u0000":1}}', False),
+        (b'{"execution_id":"e\\u0000","event_type":"t",' + VERBATIM_WHEN + b"}", False),
+        # a backslash then "u0000" is no NUL; still left to the full path
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"\\\\u0000"}}', False),
+        # duplicate keys are never orjson's output
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":1,"a":1}}', False),
+        (
+            b'{"execution_id":"e1","execution_id":"e1","event_type":"t",' + VERBATIM_WHEN + b"}",
+            False,
+        ),
+        # read by orjson, written back otherwise: integers past 64 bits, floats, escapes
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":18446744073709551616}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":1.0e0}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"\\u00e9"}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"\\ud83d\\ude00"}}', False),
+        # orjson refuses: NaN, infinities, lone surrogates (escaped or as bytes)
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":NaN}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":Infinity}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":1e400}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"\\ud800"}}', False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":{"a":"\xed\xa0\x80"}}', False),
+        # nesting: at the limit (context's own depth), one past it, and far past orjson's
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":' + _deep(MAX_JSON_DEPTH - 1) + b"}", True),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":' + _deep(MAX_JSON_DEPTH) + b"}", False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":' + _deep(MAX_JSON_DEPTH + 1) + b"}", False),
+        (VERBATIM_HEAD + VERBATIM_WHEN + b',"context":' + _deep(2000) + b"}", False),
+        # producer spellings: verbatim, but not the canonical names (the full path respells)
+        (
+            b'{"execution_id":1,"name":"t","node_name":"s","payload":{"a":1},'
+            b'"timestamp":"2026-11-29T08:00:00.000000Z","idempotency_key":"k"}',
+            True,
+        ),
+        (
+            b'{"execution_id":1,"event_type":"t","name":"u","event_time":'
+            b'"2026-11-29T08:00:00Z","created_at":null}',
+            True,
+        ),
+        (b'{"execution_id":"e1","event_type":"t","created_at":"2026-11-29T08:00:00+05:30"}', True),
+        (b'[{"execution_id":"e1"}]', True),
+        (b'{"execution_id":"e1","event_type":" ",' + VERBATIM_WHEN + b"}", True),
+        (b'{"execution_id":"","event_type":"t",' + VERBATIM_WHEN + b"}", True),
+    ],
+)
+def test_the_verbatim_path_matches_model_validate_json(raw: bytes, verbatim: bool) -> None:
+    """orjson's own output is read without the slow path's checks: whatever it declines or
+    cannot vouch for goes the full way, and either way the outcome is pydantic's."""
+    assert (_verbatim(raw) is not None) is verbatim
+    fast = _outcome(ExecutorEvent.parse_json, raw)
+    slow = _outcome(ExecutorEvent.model_validate_json, raw)
+    if b'"a":1,"a":1' in raw or raw.count(b'"execution_id"') == 2:
+        # a duplicate key: pydantic keeps the last, parse_json rejects it with the key's name
+        assert fast[0] == "error" and "duplicate key" in str(fast[1]), fast
+        return
+    assert fast[:3] == slow[:3], raw
+    if fast[0] == "ok":
+        assert fast[3] == slow[3]
+
+
+def test_the_sinks_output_takes_the_verbatim_path() -> None:
+    when = datetime(2026, 12, 1, 16, 44, 26, 834184, tzinfo=UTC)
+    events = [
+        ExecutorEvent(
+            execution_id="822685327443283968",
+            event_id=str(105303721912740347910 + n),
+            event_type="command.started",
+            step=f"step_{n:02d}",
+            status=["RUNNING", "", "COMPLETED"][n % 3],
+            created_at=when + timedelta(milliseconds=3 * n),
+            context={"attempt": 1, "duration_ms": 285 + n, "result": {"rows": n, "ok": True}},
+            worker_id=None if n % 2 else "worker-1",
+            meta=None if n % 4 else {"k": [n, None]},
+        )
+        for n in range(12)
+    ]
+    events.append(
+        ExecutorEvent.model_validate_json(
+            b'{"execution_id":7,"event_id":8,'
+            b'"event_type":"t","created_at":"2026-01-01T00:00:00.5Z"}'
+        )
+    )
+    for event in events:
+        for raw in (_envelope(event), envelope_bytes(event)):
+            assert _verbatim(raw) is not None, raw
+            assert ExecutorEvent.parse_json(raw) == ExecutorEvent.model_validate_json(raw)
+            assert ExecutorEvent.parse_json(raw) == event

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from typing import Any
 
 import nats
 import nats.errors
 import pytest
+from nats.protocol.parser import Parser
 
 from projector import natswire
 from projector.natswire import Status
@@ -200,3 +202,97 @@ async def test_tap_handler_sees_messages_in_order_under_load(nats_url: str) -> N
         await tap.close()
     finally:
         await nc.close()
+
+
+class _Conn:
+    """What nats-py's parser calls on its connection, recorded in one log with the taps'."""
+
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        self.log = log
+        self._ps = Parser(self)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.log.append(("nats-py", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.log.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.log.append(("pong",))
+
+
+TAPPED = 7
+
+
+def _msg(args: bytes, data: bytes, headers: bytes | None = None) -> bytes:
+    if headers is None:
+        return b"MSG %b %d\r\n%b\r\n" % (args, len(data), data)
+    return b"HMSG %b %d %d\r\n%b%b\r\n" % (
+        args,
+        len(headers),
+        len(headers) + len(data),
+        headers,
+        data,
+    )
+
+
+STREAM = b"".join(
+    [
+        _msg(b"in.1 7 $JS.ACK.S.d.1.5.5.1700000000000000000.0", b"hello"),
+        _msg(b"in.2 7", b"hi"),  # no reply subject
+        _msg(b"in.3 7 r.3", b"msg", b"NATS/1.0\r\nNats-Msg-Id: abc\r\n\r\n"),
+        _msg(b"in.4 7", b"", b"NATS/1.0 408 Request Timeout\r\n\r\n"),  # a status
+        _msg(b"other 8 r.5", b"other"),  # another subscription: nats-py's
+        b"PING\r\n",
+        _msg(b"in.6 7 r.6", b"a\r\nMSG in 7 1\r\n"),  # a frame inside a payload is payload
+        _msg(b"in.7 7", b""),  # empty
+        b"+OK\r\n",
+        _msg(b"in.8\t7 r.8", b"t"),  # unusual spacing: nats-py reads it
+        _msg(b"in.9 7 ", b"d"),  # a doubled space: nats-py reads it
+        _msg(b"in.10 7 r.10", b"ok", b"NATS/1.0\r\n\r\n"),
+        b"PONG\r\n",
+        _msg(b"in.11 7 r.11", b"end"),
+    ]
+)
+
+
+async def _parsed(chunks: list[bytes], fast: bool) -> list[tuple[Any, ...]]:
+    log: list[tuple[Any, ...]] = []
+    conn = _Conn(log)
+
+    def handler(subject: bytes, reply: bytes, data: bytes, status: Status | None) -> None:
+        log.append(("tap", subject, reply, data, status))
+
+    if fast:
+        dispatcher = natswire._Dispatcher(conn)
+        assert dispatcher.parser is conn._ps
+        dispatcher.handlers[TAPPED] = handler
+        conn._process_msg = dispatcher.hook  # type: ignore[method-assign]
+    else:
+        handlers = {TAPPED: handler}
+        conn._process_msg = natswire._hook(handlers, conn._process_msg)  # type: ignore[method-assign]
+    for chunk in chunks:
+        await conn._ps.parse(chunk)
+    if fast:
+        dispatcher.restore(conn)
+        assert "parse" not in conn._ps.__dict__
+    assert not conn._ps.buf
+    return log
+
+
+async def test_fast_parse_reads_every_frame_as_nats_py_does_however_the_reads_split() -> None:
+    expected = await _parsed([STREAM], fast=False)
+    assert [e[0] for e in expected].count("tap") == 10
+    assert ("tap", b"in.4", b"", b"", (408, "Request Timeout")) in expected
+    assert ("tap", b"in.3", b"r.3", b"msg", None) in expected
+    assert ("tap", b"in.6", b"r.6", b"a\r\nMSG in 7 1\r\n", None) in expected
+    assert await _parsed([STREAM], fast=True) == expected
+    for cut in range(1, len(STREAM)):
+        assert await _parsed([STREAM[:cut], STREAM[cut:]], fast=True) == expected, cut
+    rng = random.Random(15)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(STREAM)), rng.randint(2, 12)))
+        chunks = [STREAM[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM)], strict=True)]
+        assert await _parsed(chunks, fast=True) == expected, cuts
