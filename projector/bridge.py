@@ -96,6 +96,9 @@ class BridgeConfig:
     fetch_timeout: float = 1.0
     #: Seconds between progress log lines (0: none).
     log_interval: float = 10.0
+    #: Seconds between readings of the consumer's pending counts (the lag that metrics and
+    #: /readyz report), taken whatever the loop is doing, so a bridge stuck storing shows it.
+    lag_interval: float = 5.0
     #: Consumer settings, used only when this bridge creates the durable consumer.
     ack_wait: float = 30.0
     max_ack_pending: int = 20_000
@@ -247,12 +250,18 @@ class Bridge:
             except Exception as exc:
                 raise translate_nats(exc, f"binding to consumer {cfg.durable!r}") from exc
             try:
-                sink = await self._open_sink()
-                if sink is not None:
-                    try:
-                        await self._loop(js, puller, sink)
-                    finally:
-                        await sink.close()
+                watcher = asyncio.create_task(self._watch_lag(js))
+                try:
+                    sink = await self._open_sink()
+                    if sink is not None:
+                        try:
+                            await self._loop(js, puller, sink)
+                        finally:
+                            await sink.close()
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
                 await self._refresh_lag(js)
             finally:
                 await puller.close()
@@ -342,6 +351,12 @@ class Bridge:
                     await prefetch
             if writing:  # only on errors: let the batches being written finish and be acked
                 await asyncio.gather(*writing, return_exceptions=True)
+
+    async def _watch_lag(self, js: Any) -> None:
+        """Read the consumer's pending counts every `lag_interval` seconds until cancelled."""
+        while self.config.lag_interval > 0:
+            await asyncio.sleep(self.config.lag_interval)
+            await self._refresh_lag(js)
 
     async def _refresh_lag(self, js: Any) -> None:
         try:

@@ -179,7 +179,8 @@ class ConsumeMetrics:
         pending.set_function(lambda: float(self.pending() or 0))
         lag = Gauge(
             f"{PREFIX}_nats_lag_seconds",
-            "0 when nothing is pending; else the age of the newest message stored.",
+            "0 when every message is stored and acknowledged; else the age of the newest "
+            "message stored.",
             registry=r,
         )
         lag.set_function(self.lag_seconds)
@@ -197,10 +198,19 @@ class ConsumeMetrics:
             if stamp is not None and (self.newest is None or stamp > self.newest):
                 self.newest = stamp
 
+    def outstanding(self) -> int | None:
+        """Messages not stored yet: not delivered, or delivered and not acknowledged (a batch
+        being written, or one a stuck bridge holds), as last seen (None: not known yet)."""
+        stats = self._stats()
+        if stats is None or stats.pending is None:
+            return None
+        return stats.pending + (stats.ack_pending or 0)
+
     def lag_seconds(self) -> float:
-        """How far behind the bridge is: 0 when nothing is pending (or the bridge has not heard
-        yet), else the age of the newest message stored (since the start when none was)."""
-        if not self.pending():  # nothing pending, or not known yet
+        """How far behind the bridge is: 0 when every message is stored and acknowledged (or the
+        bridge has not heard yet), else the age of the newest message stored (since the start
+        when none was)."""
+        if not self.outstanding():  # nothing outstanding, or not known yet
             return 0.0
         since = self.newest if self.newest is not None else self._started
         return max(0.0, self._clock() - since)

@@ -305,7 +305,7 @@ async def test_a_burst_of_readyz_requests_runs_one_probe() -> None:
     assert probes == 1
 
 
-def test_consume_lag_is_the_age_of_the_newest_message_stored_while_some_are_pending() -> None:
+def test_consume_lag_is_the_age_of_the_newest_message_stored_while_some_are_outstanding() -> None:
     stats = BridgeStats()
     now = [1_000.0]
     metrics = ConsumeMetrics(lambda: stats, clock=lambda: now[0])
@@ -319,6 +319,11 @@ def test_consume_lag_is_the_age_of_the_newest_message_stored_while_some_are_pend
     assert metrics.lag_seconds() == 1.5
     stats.pending = 0
     assert metrics.lag_seconds() == 0
+    stats.ack_pending = 40  # delivered, not stored: a batch being written, or a stuck bridge
+    now[0] = 1_010.0
+    assert metrics.outstanding() == 40 and metrics.lag_seconds() == 7.5
+    stats.ack_pending = 0
+    assert metrics.lag_seconds() == 0
 
 
 def test_stream_timestamps_come_from_both_reply_forms() -> None:
@@ -326,3 +331,31 @@ def test_stream_timestamps_come_from_both_reply_forms() -> None:
     long_form = b"$JS.ACK.dom.hash.S.d.1.10.10.1700000000500000000.3.rnd"
     assert stream_timestamp(long_form) == 1_700_000_000.5
     assert stream_timestamp(b"_INBOX.x") is None
+
+
+async def test_consume_is_not_ready_while_it_cannot_store(
+    nats_url: str, names: Names, database_url: str, aconn: Conn
+) -> None:
+    """A bridge holding fetched messages it cannot store (the table locked) lags: /readyz 503,
+    and 200 again once they are stored."""
+    argv = consume_argv(
+        database_url, nats_url, names, "--metrics-address", "127.0.0.1:0", "--ready-max-lag", "1"
+    )
+    async with served(argv) as (base, _):
+        assert (await get(base + "/readyz"))[0] == 200
+        async with await psycopg.AsyncConnection.connect(database_url) as locker:
+            await locker.execute("LOCK TABLE noetl.event IN SHARE MODE")
+            async with NatsEventSink(
+                nats_url, stream=names.stream, subject_prefix=names.prefix
+            ) as s:
+                await s.emit_many(make_events(40, execution_id="stuck"))
+            status, body = await readyz_after(base, 503)
+            assert status == 503 and "lag" in json.loads(body)["reason"]
+            await locker.rollback()
+
+        async def stored() -> bool:
+            cur = await aconn.execute("SELECT count(*) FROM noetl.event")
+            return await cur.fetchone() == (40,)
+
+        await wait_for(stored, "the 40 events to be stored", limit=BOUND)
+        assert (await readyz_after(base, 200))[0] == 200

@@ -172,7 +172,10 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
     head = migrate.head()
 
     async def lag_now(conn: Any) -> tuple[float, dict[str, Any]]:
-        return metrics.lag_seconds(), {"nats_pending": metrics.pending()}
+        return metrics.lag_seconds(), {
+            "nats_pending": metrics.pending(),
+            "nats_outstanding": metrics.outstanding(),
+        }
 
     async def ready() -> Readiness:
         return await readiness(db, head, args.ready_max_lag, lag_now)
