@@ -313,17 +313,20 @@ def encode(index: int, event: ExecutorEvent) -> Pending:
     validation: infinities, lone surrogates, in text fields too)."""
     # Every field in one C call from the model's __dict__, where pydantic keeps the field values
     # (~0.11 us against ~0.24 us for nine attribute reads through the model's class).
-    (
-        execution_id,
-        event_id,
-        event_type,
-        step,
-        status,
-        created_at,
-        worker_id,
-        context_value,
-        meta_value,
-    ) = _FIELDS(event.__dict__)
+    try:
+        (
+            execution_id,
+            event_id,
+            event_type,
+            step,
+            status,
+            created_at,
+            worker_id,
+            context_value,
+            meta_value,
+        ) = _FIELDS(event.__dict__)
+    except KeyError as missing:  # model_construct without a required field
+        raise ValueError(f"{missing.args[0]} is missing") from None
     if event_id is None:
         event_id = event.resolved_event_id()
     head_fields = (event_type, step, status, created_at, worker_id)

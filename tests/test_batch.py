@@ -104,6 +104,14 @@ def test_encode_reads_an_envelope_built_without_validation_like_a_validated_one(
     assert isinstance(b, Pending) and (b.index, b.event) == (1, constructed)
     other = encode(2, validated.model_copy(update={"step": "s2"}))
     assert other.content_hash != a.content_hash == encode(3, validated).content_hash
+    incomplete = ExecutorEvent.model_construct(execution_id="exec-1", event_type="t")
+    with pytest.raises(ValueError, match=r"^created_at is missing$"):
+        encode(4, incomplete)
+    pending: list[Pending] = []
+    rejects: list[RejectedItem] = []
+    prepare([incomplete, validated], "test", pending, rejects)
+    assert [p.index for p in pending] == [1]
+    assert [(r.index, r.reason) for r in rejects] == [(0, "not storable: created_at is missing")]
 
 
 def test_compare_values_are_the_row_as_text() -> None:
