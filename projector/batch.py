@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -230,17 +231,18 @@ class Outcomes:
 # -- rows ----------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Pending:
+class Pending(NamedTuple):
     """A validated event waiting in a batch.
 
     `index` is its position in the caller's items; `key` its `(execution_id, event_id)`, with the
     event id resolved (derived from the content when the producer sent none); `row` its COPY row,
     the values of :data:`COPY_COLUMNS` in that order with the JSON already serialised, built once
-    by :func:`encode` and handed to COPY as it is.
+    by :func:`encode` and handed to COPY as it is. (A named tuple: :func:`encode` builds one per
+    event, and a tuple is built without a Python-level ``__init__``; the field `index` hides
+    ``tuple.index``, which nothing calls on a Pending.)
     """
 
-    index: int
+    index: int  # type: ignore[assignment]
     event: ExecutorEvent
     key: Key
     content_hash: bytes
@@ -286,18 +288,48 @@ def _check_texts(event: ExecutorEvent) -> None:
                 raise ValueError(f"{name} contains a lone surrogate") from None
 
 
+#: An envelope's fields in the order `encode` reads them from the model's ``__dict__``.
+_FIELDS = operator.itemgetter(
+    "execution_id",
+    "event_id",
+    "event_type",
+    "step",
+    "status",
+    "created_at",
+    "worker_id",
+    "context",
+    "meta",
+)
+#: Copied for each content hash (BLAKE2b with a 16-byte digest).
+_BLAKE2B_128 = hashlib.blake2b(digest_size=16)
+_new_pending = tuple.__new__
+
+
 def encode(index: int, event: ExecutorEvent) -> Pending:
     """`event` (item `index` of a batch) as a pending row: the envelope's columns, its JSON
     serialised once, here, for COPY and for the content hash; then the content hash.
 
     Raises TypeError or ValueError for content that JSON cannot hold (an envelope built without
     validation: infinities, lone surrogates, in text fields too)."""
-    event_id = event.resolved_event_id()
-    execution_id = event.execution_id
-    # Each field read once (attributes of a pydantic model cost more than locals).
-    head_fields = (event.event_type, event.step, event.status, event.created_at, event.worker_id)
-    event_type, step, status, created_at, worker_id = head_fields
-    context_value, meta_value = event.context, event.meta
+    # Every field in one C call from the model's __dict__, where pydantic keeps the field values
+    # (~0.11 us against ~0.24 us for nine attribute reads through the model's class).
+    try:
+        (
+            execution_id,
+            event_id,
+            event_type,
+            step,
+            status,
+            created_at,
+            worker_id,
+            context_value,
+            meta_value,
+        ) = _FIELDS(event.__dict__)
+    except KeyError as missing:  # model_construct without a required field
+        raise ValueError(f"{missing.args[0]} is missing") from None
+    if event_id is None:
+        event_id = event.resolved_event_id()
+    head_fields = (event_type, step, status, created_at, worker_id)
     meta: bytes | None = None
     try:
         context = orjson.dumps(context_value)
@@ -309,25 +341,28 @@ def encode(index: int, event: ExecutorEvent) -> Pending:
         context = _json_bytes(context_value)
         head = repr(head_fields).encode("utf-8", "surrogatepass")
         meta = None if meta_value is None else _json_bytes(meta_value)
-    digest = hashlib.blake2b(
-        b"".join((head, b"\n", context, b"\n", b"-" if meta is None else meta)), digest_size=16
-    ).digest()
-    return Pending(
-        index,
-        event,
-        (execution_id, event_id),
-        digest,
+    hasher = _BLAKE2B_128.copy()  # cheaper than building one with its parameters
+    hasher.update(b"".join((head, b"\n", context, b"\n", b"-" if meta is None else meta)))
+    digest = hasher.digest()
+    return _new_pending(
+        Pending,
         (
-            execution_id,
-            event_id,
-            event_type,
-            step,
-            status,
-            created_at,
-            _JSONB_VERSION + context,
-            worker_id,
-            None if meta is None else _JSONB_VERSION + meta,
+            index,
+            event,
+            (execution_id, event_id),
             digest,
+            (
+                execution_id,
+                event_id,
+                event_type,
+                step,
+                status,
+                created_at,
+                _JSONB_VERSION + context,
+                worker_id,
+                None if meta is None else _JSONB_VERSION + meta,
+                digest,
+            ),
         ),
     )
 

@@ -90,6 +90,30 @@ def test_content_hash_is_stable_across_versions() -> None:
     )
 
 
+def test_encode_reads_an_envelope_built_without_validation_like_a_validated_one() -> None:
+    """encode reads the fields from the model's __dict__: an envelope made by model_construct
+    (no event_id, so it is derived) gives the row, key and hash of the validated one, and
+    hashes of consecutive events stay independent (the prepared hasher is copied each time)."""
+    validated = event(event_id=None, context={"n": 1}, meta={"m": [1]})
+    constructed = ExecutorEvent.model_construct(
+        **{name: getattr(validated, name) for name in ENVELOPE_FIELDS}
+    )
+    a, b = encode(0, validated), encode(1, constructed)
+    assert (a.key, a.row, a.content_hash) == (b.key, b.row, b.content_hash)
+    assert a.key == ("exec-1", validated.resolved_event_id())
+    assert isinstance(b, Pending) and (b.index, b.event) == (1, constructed)
+    other = encode(2, validated.model_copy(update={"step": "s2"}))
+    assert other.content_hash != a.content_hash == encode(3, validated).content_hash
+    incomplete = ExecutorEvent.model_construct(execution_id="exec-1", event_type="t")
+    with pytest.raises(ValueError, match=r"^created_at is missing$"):
+        encode(4, incomplete)
+    pending: list[Pending] = []
+    rejects: list[RejectedItem] = []
+    prepare([incomplete, validated], "test", pending, rejects)
+    assert [p.index for p in pending] == [1]
+    assert [(r.index, r.reason) for r in rejects] == [(0, "not storable: created_at is missing")]
+
+
 def test_compare_values_are_the_row_as_text() -> None:
     e = event(event_id="5", context={"b": 1}, meta={"x": None})
     assert compare_values(encode(0, e)) == (
