@@ -42,6 +42,7 @@ from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from .backoff import Backoff
 from .channels import NOTIFY_CHANNEL, PROJECTOR_LOCK_CLASS
@@ -51,6 +52,7 @@ from .timeouts import PROJECTION_KWARGS
 
 __all__ = [
     "DEFAULT_NAME",
+    "REBUILD_WORKERS",
     "ChunkObserver",
     "ChunkResult",
     "Projector",
@@ -317,24 +319,107 @@ async def checkpoint(conn: AsyncConn, name: str = DEFAULT_NAME) -> int | None:
     return int(row[0]) if row is not None else None
 
 
+#: Workers of a rebuild: connections that fold a share of the executions each, side by side (one
+#: per core of the server is the most that helps).
+REBUILD_WORKERS: Final = 2
+#: Bytes of COPY rows a rebuild worker gathers before handing them on.
+_COPY_BLOCK: Final = 1 << 16
+
+
 @translating()
-async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult:
+async def rebuild(
+    conn: AsyncConn, *, name: str = DEFAULT_NAME, workers: int = REBUILD_WORKERS
+) -> RebuildResult:
     """Recompute both state tables from the whole log, set-based, in one transaction.
 
     Waits for a running projector's current transaction (same lock), then replaces the rows;
-    readers keep seeing the old rows until the commit.
+    readers keep seeing the old rows until the commit. The folding is split between `workers`
+    extra connections (by a hash of the execution id, as the shards are), each reading the log
+    in this transaction's snapshot (``pg_export_snapshot``) and streaming its rows back, which
+    this transaction writes with ``COPY``: one atomic swap, however many workers.
     """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     async with conn.transaction():
         await conn.execute(query("projection.lock"), (PROJECTOR_LOCK_CLASS, name))
         fence, _ = await _fence_and_checkpoint(conn, name)
+        cur = await conn.execute(query("projection.export_snapshot"))
+        row = await cur.fetchone()
+        assert row is not None
+        snapshot = str(row[0])
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
-        cur = await conn.execute(query("projection.rebuild_steps"))
-        steps = cur.rowcount
-        cur = await conn.execute(query("projection.rebuild_executions"))
-        executions = cur.rowcount
+        steps_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        executions_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        conninfo = make_conninfo(conn.info.dsn, password=conn.info.password)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for part in range(workers):
+                    tasks.create_task(
+                        _rebuild_part(conninfo, snapshot, part, workers, steps_q, executions_q)
+                    )
+                steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, workers)
+                executions = await _copy_in(
+                    conn, query("projection.copy_executions"), executions_q, workers
+                )
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
         await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
         return RebuildResult(steps, executions, fence)
+
+
+async def _copy_in(
+    conn: AsyncConn, statement: LiteralString, rows: asyncio.Queue[bytes | None], parts: int
+) -> int:
+    """Write the blocks of COPY text rows the `parts` workers put in `rows` (each ends with
+    None); returns the number of rows."""
+    count = 0
+    async with conn.cursor().copy(statement) as copy:
+        while parts:
+            block = await rows.get()
+            if block is None:
+                parts -= 1
+                continue
+            count += block.count(b"\n")
+            await copy.write(block)
+    return count
+
+
+async def _rebuild_part(
+    conninfo: str,
+    snapshot: str,
+    part: int,
+    parts: int,
+    steps: asyncio.Queue[bytes | None],
+    executions: asyncio.Queue[bytes | None],
+) -> None:
+    """A rebuild worker: fold part `part` of `parts` in the rebuild's snapshot and stream its
+    step rows, then its execution rows (COPY text), into the queues."""
+    worker = await connect(conninfo)
+    try:
+        await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        async with worker.transaction():
+            await psycopg.AsyncClientCursor(worker).execute(
+                query("projection.import_snapshot"), (snapshot,)
+            )
+            await worker.execute(query("projection.part_table"))
+            params = {"part": part, "parts": parts}
+            for statement, out in (
+                (query("projection.part_steps"), steps),
+                (query("projection.part_executions"), executions),
+            ):
+                async with worker.cursor().copy(statement, params) as copy:
+                    block = bytearray()
+                    async for data in copy:
+                        block += data
+                        if len(block) >= _COPY_BLOCK:
+                            await out.put(bytes(block))
+                            block.clear()
+                    if block:
+                        await out.put(bytes(block))
+                await out.put(None)
+    finally:
+        await worker.close()
 
 
 @translating()
