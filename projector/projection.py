@@ -26,7 +26,11 @@ Rebuild
 -------
 :func:`rebuild` recomputes both tables from the whole log with set-based SQL in one transaction
 under the same lock. Readers of the views and tables are never blocked (MVCC); they see the old
-rows until it commits.
+rows until it commits. The fold (the PL/pgSQL transition function of ``noetl.step_fold``, once per
+event, one core per statement) is split between worker connections by a hash of the execution
+id: each imports the rebuild's snapshot (``pg_export_snapshot``), folds its executions and streams
+the rows back as ``COPY`` text, which the rebuild's own transaction writes with ``COPY``; the
+workers write nothing but a temporary table, so the swap stays one commit.
 
 The statements are the named queries ``projection.*`` in ``projector/sql/projection.sql``.
 """
