@@ -27,8 +27,8 @@ Rebuild
 :func:`rebuild` recomputes both tables from the whole log with set-based SQL in one transaction
 under the same lock. Readers of the views and tables are never blocked (MVCC); they see the old
 rows until it commits. The fold (the PL/pgSQL transition function of ``noetl.step_fold``, once per
-event, one core per statement) is split between worker connections by a hash of the execution
-id: each imports the rebuild's snapshot (``pg_export_snapshot``), folds its executions and streams
+event, one core per statement) is split between worker connections by ranges of execution ids:
+each imports the rebuild's snapshot (``pg_export_snapshot``), folds its executions and streams
 the rows back as ``COPY`` text, which the rebuild's own transaction writes with ``COPY``; the
 workers write nothing but a temporary table, so the swap stays one commit.
 
@@ -38,6 +38,7 @@ The statements are the named queries ``projection.*`` in ``projector/sql/project
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -338,9 +339,10 @@ async def rebuild(
 
     Waits for a running projector's current transaction (same lock), then replaces the rows;
     readers keep seeing the old rows until the commit. The folding is split between `workers`
-    extra connections (by a hash of the execution id, as the shards are), each reading the log
-    in this transaction's snapshot (``pg_export_snapshot``) and streaming its rows back, which
-    this transaction writes with ``COPY``: one atomic swap, however many workers.
+    extra connections, each taking a range of execution ids (bounded by quantiles of a sample
+    of the log), reading the log in this transaction's snapshot (``pg_export_snapshot``) and
+    streaming its rows back, which this transaction writes with ``COPY``: one atomic swap,
+    however many workers.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -351,6 +353,14 @@ async def rebuild(
         row = await cur.fetchone()
         assert row is not None
         snapshot = str(row[0])
+        bounds: list[str | None] = [None]
+        if workers > 1:
+            cur = await conn.execute(
+                query("projection.part_bounds"), ([k / workers for k in range(1, workers)],)
+            )
+            row = await cur.fetchone()
+            bounds += list(row[0]) if row is not None and row[0] else [None] * (workers - 1)
+        bounds.append(None)
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
         steps_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
@@ -358,9 +368,9 @@ async def rebuild(
         conninfo = make_conninfo(conn.info.dsn, password=conn.info.password)
         try:
             async with asyncio.TaskGroup() as tasks:
-                for part in range(workers):
+                for low, high in itertools.pairwise(bounds):
                     tasks.create_task(
-                        _rebuild_part(conninfo, snapshot, part, workers, steps_q, executions_q)
+                        _rebuild_part(conninfo, snapshot, low, high, steps_q, executions_q)
                     )
                 steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, workers)
                 executions = await _copy_in(
@@ -392,13 +402,14 @@ async def _copy_in(
 async def _rebuild_part(
     conninfo: str,
     snapshot: str,
-    part: int,
-    parts: int,
+    low: str | None,
+    high: str | None,
     steps: asyncio.Queue[bytes | None],
     executions: asyncio.Queue[bytes | None],
 ) -> None:
-    """A rebuild worker: fold part `part` of `parts` in the rebuild's snapshot and stream its
-    step rows, then its execution rows (COPY text), into the queues."""
+    """A rebuild worker: fold the executions from `low` up to before `high` (None: no bound) in
+    the rebuild's snapshot and stream their step rows, then their execution rows (COPY text),
+    into the queues."""
     worker = await connect(conninfo)
     try:
         await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
@@ -407,7 +418,7 @@ async def _rebuild_part(
                 query("projection.import_snapshot"), (snapshot,)
             )
             await worker.execute(query("projection.part_table"))
-            params = {"part": part, "parts": parts}
+            params = {"low": low, "high": high}
             for statement, out in (
                 (query("projection.part_steps"), steps),
                 (query("projection.part_executions"), executions),

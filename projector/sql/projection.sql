@@ -228,11 +228,23 @@ SET TRANSACTION SNAPSHOT %s
 -- A rebuild worker's steps, kept for its execution rows (a temporary table, dropped at commit).
 CREATE TEMPORARY TABLE rebuild_steps (LIKE noetl.step_state) ON COMMIT DROP
 
+-- name: part_bounds
+-- Where the rebuild's parts meet: the execution ids at the given fractions of a sample of the log
+-- (1 % of its pages, and its first 1,000 rows so that a small log has some). Any bounds give the
+-- same rows; these give the workers about the same share of events.
+SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY execution_id)
+FROM (
+    SELECT execution_id FROM noetl.event TABLESAMPLE SYSTEM (1)
+    UNION ALL
+    (SELECT execution_id FROM noetl.event LIMIT 1000)
+) sample
+
 -- name: part_steps
--- Part `part` of `parts` of the rebuild's steps (the executions whose hashtext(execution_id), as
--- 0 .. 2^32-1, is `part` modulo `parts`): the step_status_log view (the fold of the log), kept in
--- the worker's table and streamed out as the rows are folded. The qual reaches the grouping, so
--- each worker sorts and folds only its own executions' events.
+-- One part of the rebuild's steps, the executions from `low` (null: from the first) up to before
+-- `high` (null: to the last): the step_status_log view (the fold of the log), kept in the worker's
+-- table and streamed out as the rows are folded. (COPY binds the values client-side, so a null
+-- bound folds away.) The range reaches the grouping as an index condition: each worker reads,
+-- sorts and folds only its own executions' events.
 COPY (
     INSERT INTO pg_temp.rebuild_steps (execution_id, step, status, attempts, started_at,
                                        finished_at, last_event_at, last_event_type, event_count,
@@ -242,14 +254,15 @@ COPY (
            last_event_type, event_count, error, iterations, iterations_completed,
            iterations_failed, iterations_running
     FROM noetl.step_status_log
-    WHERE mod(hashtext(execution_id)::bigint + 2147483648, %(parts)s) = %(part)s
+    WHERE (execution_id >= %(low)s OR %(low)s IS NULL)
+      AND (execution_id < %(high)s OR %(high)s IS NULL)
     RETURNING execution_id, step, status, attempts, started_at, finished_at, last_event_at,
               last_event_type, event_count, error, iterations, iterations_completed,
               iterations_failed, iterations_running
 ) TO STDOUT
 
 -- name: part_executions
--- Part `part` of `parts` of the rebuild's executions: the set-based twin of upsert_executions
+-- The same part of the rebuild's executions: the set-based twin of upsert_executions
 -- (see the top of this file), the execution_status view's combination, with the steps summed up
 -- from the worker's freshly folded steps (part_steps).
 COPY (
@@ -265,7 +278,8 @@ COPY (
     FROM noetl.execution_activity a
     LEFT JOIN (
         SELECT * FROM noetl.execution_end
-        WHERE mod(hashtext(execution_id)::bigint + 2147483648, %(parts)s) = %(part)s
+        WHERE (execution_id >= %(low)s OR %(low)s IS NULL)
+          AND (execution_id < %(high)s OR %(high)s IS NULL)
     ) x ON x.execution_id = a.execution_id
     LEFT JOIN (
         SELECT execution_id, count(*) AS step_count,
@@ -277,7 +291,8 @@ COPY (
                     FILTER (WHERE status = 'FAILED'))[1] AS first_error
         FROM pg_temp.rebuild_steps GROUP BY execution_id
     ) s ON s.execution_id = a.execution_id
-    WHERE mod(hashtext(a.execution_id)::bigint + 2147483648, %(parts)s) = %(part)s
+    WHERE (a.execution_id >= %(low)s OR %(low)s IS NULL)
+      AND (a.execution_id < %(high)s OR %(high)s IS NULL)
 ) TO STDOUT
 
 -- name: copy_steps
