@@ -353,14 +353,14 @@ async def rebuild(
         row = await cur.fetchone()
         assert row is not None
         snapshot = str(row[0])
-        bounds: list[str | None] = [None]
+        bounds: list[str | None] = [None, None]  # one part: every execution
         if workers > 1:
             cur = await conn.execute(
                 query("projection.part_bounds"), ([k / workers for k in range(1, workers)],)
             )
             row = await cur.fetchone()
-            bounds += list(row[0]) if row is not None and row[0] else [None] * (workers - 1)
-        bounds.append(None)
+            if row is not None and row[0]:  # null: no event at all
+                bounds = [None, *row[0], None]
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
         steps_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
@@ -372,9 +372,10 @@ async def rebuild(
                     tasks.create_task(
                         _rebuild_part(conninfo, snapshot, low, high, steps_q, executions_q)
                     )
-                steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, workers)
+                parts = len(bounds) - 1
+                steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, parts)
                 executions = await _copy_in(
-                    conn, query("projection.copy_executions"), executions_q, workers
+                    conn, query("projection.copy_executions"), executions_q, parts
                 )
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None

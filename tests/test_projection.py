@@ -319,6 +319,22 @@ async def test_rebuild_split_between_workers_equals_the_fold(
     await assert_tables_equal_views(aconn, events)
 
 
+async def test_rebuild_of_an_empty_log_empties_the_tables(aconn: Conn, database_url: str) -> None:
+    # No event to take part bounds from: one part, no rows, the stale state rows gone.
+    await aconn.execute(
+        "INSERT INTO noetl.execution_state (execution_id, status, started_at, last_event_at, "
+        "event_count, step_count, steps_completed, steps_failed, steps_running, open_units, "
+        "settled) VALUES ('stale', 'RUNNING', now(), now(), 1, 0, 0, 0, 0, 0, true)"
+    )
+    conn = await connect(database_url)
+    try:
+        result = await rebuild(conn, workers=2)
+    finally:
+        await conn.close()
+    assert (result.steps, result.executions) == (0, 0)
+    assert await read_executions(aconn, "noetl.execution_state") == {}
+
+
 async def test_a_failing_rebuild_worker_leaves_the_old_rows(
     aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
