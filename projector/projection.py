@@ -363,29 +363,33 @@ async def rebuild(
                 bounds = [None, *row[0], None]
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
-        steps_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-        executions_q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        steps_q: _Blocks = asyncio.Queue(maxsize=64)
+        executions_q: _Blocks = asyncio.Queue(maxsize=64)
         conninfo = make_conninfo(conn.info.dsn, password=conn.info.password)
+        parts = [
+            asyncio.create_task(_rebuild_part(conninfo, snapshot, low, high, steps_q, executions_q))
+            for low, high in itertools.pairwise(bounds)
+        ]
         try:
-            async with asyncio.TaskGroup() as tasks:
-                for low, high in itertools.pairwise(bounds):
-                    tasks.create_task(
-                        _rebuild_part(conninfo, snapshot, low, high, steps_q, executions_q)
-                    )
-                parts = len(bounds) - 1
-                steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, parts)
-                executions = await _copy_in(
-                    conn, query("projection.copy_executions"), executions_q, parts
-                )
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
+            steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, len(parts))
+            executions = await _copy_in(
+                conn, query("projection.copy_executions"), executions_q, len(parts)
+            )
+            await asyncio.gather(*parts)
+        finally:
+            for task in parts:
+                task.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
         await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
         return RebuildResult(steps, executions, fence)
 
 
-async def _copy_in(
-    conn: AsyncConn, statement: LiteralString, rows: asyncio.Queue[bytes | None], parts: int
-) -> int:
+#: Blocks of COPY text rows from the rebuild's workers; None: a worker's last, an exception: a
+#: worker failed (raised here, so the rebuild's COPY ends with that error, never half-cancelled).
+_Blocks = asyncio.Queue[bytes | BaseException | None]
+
+
+async def _copy_in(conn: AsyncConn, statement: LiteralString, rows: _Blocks, parts: int) -> int:
     """Write the blocks of COPY text rows the `parts` workers put in `rows` (each ends with
     None); returns the number of rows."""
     count = 0
@@ -394,9 +398,11 @@ async def _copy_in(
             block = await rows.get()
             if block is None:
                 parts -= 1
-                continue
-            count += block.count(b"\n")
-            await copy.write(block)
+            elif isinstance(block, BaseException):
+                raise block
+            else:
+                count += block.count(b"\n")
+                await copy.write(block)
     return count
 
 
@@ -405,12 +411,28 @@ async def _rebuild_part(
     snapshot: str,
     low: str | None,
     high: str | None,
-    steps: asyncio.Queue[bytes | None],
-    executions: asyncio.Queue[bytes | None],
+    steps: _Blocks,
+    executions: _Blocks,
 ) -> None:
     """A rebuild worker: fold the executions from `low` up to before `high` (None: no bound) in
     the rebuild's snapshot and stream their step rows, then their execution rows (COPY text),
-    into the queues."""
+    into the queues; an error, into both (the rebuild reads one of them)."""
+    try:
+        await _fold_part(conninfo, snapshot, low, high, steps, executions)
+    except Exception as exc:
+        await steps.put(exc)
+        await executions.put(exc)
+        raise
+
+
+async def _fold_part(
+    conninfo: str,
+    snapshot: str,
+    low: str | None,
+    high: str | None,
+    steps: _Blocks,
+    executions: _Blocks,
+) -> None:
     worker = await connect(conninfo)
     try:
         await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)

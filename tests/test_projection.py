@@ -335,8 +335,37 @@ async def test_rebuild_of_an_empty_log_empties_the_tables(aconn: Conn, database_
     assert await read_executions(aconn, "noetl.execution_state") == {}
 
 
-async def test_a_failing_rebuild_worker_leaves_the_old_rows(
+async def test_readers_see_the_old_rows_until_the_rebuild_commits(
     aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projector.projection as projection
+
+    events = trace("s1") + trace("s2", 4)
+    await insert_events(aconn, events)
+    await Projector(database_url).once()
+    await aconn.execute("UPDATE noetl.step_state SET status = 'WRONG'")
+    seen: list[list[tuple[Any, ...]]] = []
+    real = projection._copy_in
+
+    async def copy_in(*args: Any) -> int:  # a reader looks after each of the rebuild's COPYs
+        n = await real(*args)
+        cur = await aconn.execute("SELECT DISTINCT status FROM noetl.step_state")
+        seen.append(await cur.fetchall())
+        return n
+
+    monkeypatch.setattr(projection, "_copy_in", copy_in)
+    conn = await connect(database_url)
+    try:
+        await rebuild(conn, workers=2)
+    finally:
+        await conn.close()
+    assert seen == [[("WRONG",)], [("WRONG",)]]  # the rows written, not yet committed
+    await assert_tables_equal_views(aconn, events)
+
+
+@pytest.mark.parametrize("broken_query", ["projection.part_steps", "projection.part_executions"])
+async def test_a_failing_rebuild_worker_leaves_the_old_rows(
+    aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch, broken_query: str
 ) -> None:
     import projector.projection as projection
 
@@ -347,8 +376,8 @@ async def test_a_failing_rebuild_worker_leaves_the_old_rows(
     before = await checkpoint(aconn)
     real = projection.query
 
-    def broken(name: str) -> Any:  # the workers' second statement fails, after their steps
-        if name == "projection.part_executions":
+    def broken(name: str) -> Any:  # the workers' first or second statement fails
+        if name == broken_query:
             return "COPY (SELECT 1 / 0) TO STDOUT"
         return real(name)
 
