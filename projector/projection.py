@@ -26,7 +26,11 @@ Rebuild
 -------
 :func:`rebuild` recomputes both tables from the whole log with set-based SQL in one transaction
 under the same lock. Readers of the views and tables are never blocked (MVCC); they see the old
-rows until it commits.
+rows until it commits. The fold (the PL/pgSQL transition function of ``noetl.step_fold``, once per
+event, one core per statement) is split between worker connections by ranges of execution ids:
+each imports the rebuild's snapshot (``pg_export_snapshot``), folds its executions and streams
+the rows back as ``COPY`` text, which the rebuild's own transaction writes with ``COPY``; the
+workers write nothing but a temporary table, so the swap stays one commit.
 
 The statements are the named queries ``projection.*`` in ``projector/sql/projection.sql``.
 """
@@ -34,6 +38,7 @@ The statements are the named queries ``projection.*`` in ``projector/sql/project
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +47,7 @@ from typing import Any, Final, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from .backoff import Backoff
 from .channels import NOTIFY_CHANNEL, PROJECTOR_LOCK_CLASS
@@ -51,6 +57,7 @@ from .timeouts import PROJECTION_KWARGS
 
 __all__ = [
     "DEFAULT_NAME",
+    "REBUILD_WORKERS",
     "ChunkObserver",
     "ChunkResult",
     "Projector",
@@ -317,24 +324,140 @@ async def checkpoint(conn: AsyncConn, name: str = DEFAULT_NAME) -> int | None:
     return int(row[0]) if row is not None else None
 
 
+#: Workers of a rebuild: connections that fold a share of the executions each, side by side (one
+#: per core of the server is the most that helps).
+REBUILD_WORKERS: Final = 2
+#: Bytes of COPY rows a rebuild worker gathers before handing them on.
+_COPY_BLOCK: Final = 1 << 16
+
+
 @translating()
-async def rebuild(conn: AsyncConn, *, name: str = DEFAULT_NAME) -> RebuildResult:
+async def rebuild(
+    conn: AsyncConn, *, name: str = DEFAULT_NAME, workers: int = REBUILD_WORKERS
+) -> RebuildResult:
     """Recompute both state tables from the whole log, set-based, in one transaction.
 
     Waits for a running projector's current transaction (same lock), then replaces the rows;
-    readers keep seeing the old rows until the commit.
+    readers keep seeing the old rows until the commit. The folding is split between `workers`
+    extra connections, each taking a range of execution ids (bounded by quantiles of a sample
+    of the log), reading the log in this transaction's snapshot (``pg_export_snapshot``) and
+    streaming its rows back, which this transaction writes with ``COPY``: one atomic swap,
+    however many workers.
     """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
     async with conn.transaction():
         await conn.execute(query("projection.lock"), (PROJECTOR_LOCK_CLASS, name))
         fence, _ = await _fence_and_checkpoint(conn, name)
+        cur = await conn.execute(query("projection.export_snapshot"))
+        row = await cur.fetchone()
+        assert row is not None
+        snapshot = str(row[0])
+        bounds: list[str | None] = [None, None]  # one part: every execution
+        if workers > 1:
+            cur = await conn.execute(
+                query("projection.part_bounds"), ([k / workers for k in range(1, workers)],)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:  # null: no event at all
+                bounds = [None, *row[0], None]
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
-        cur = await conn.execute(query("projection.rebuild_steps"))
-        steps = cur.rowcount
-        cur = await conn.execute(query("projection.rebuild_executions"))
-        executions = cur.rowcount
+        steps_q: _Blocks = asyncio.Queue(maxsize=64)
+        executions_q: _Blocks = asyncio.Queue(maxsize=64)
+        conninfo = make_conninfo(conn.info.dsn, password=conn.info.password)
+        parts = [
+            asyncio.create_task(_rebuild_part(conninfo, snapshot, low, high, steps_q, executions_q))
+            for low, high in itertools.pairwise(bounds)
+        ]
+        try:
+            steps = await _copy_in(conn, query("projection.copy_steps"), steps_q, len(parts))
+            executions = await _copy_in(
+                conn, query("projection.copy_executions"), executions_q, len(parts)
+            )
+            await asyncio.gather(*parts)
+        finally:
+            for task in parts:
+                task.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
         await conn.execute(query("projection.write_checkpoint"), (str(fence), name))
         return RebuildResult(steps, executions, fence)
+
+
+#: Blocks of COPY text rows from the rebuild's workers; None: a worker's last, an exception: a
+#: worker failed (raised here, so the rebuild's COPY ends with that error, never half-cancelled).
+_Blocks = asyncio.Queue[bytes | BaseException | None]
+
+
+async def _copy_in(conn: AsyncConn, statement: LiteralString, rows: _Blocks, parts: int) -> int:
+    """Write the blocks of COPY text rows the `parts` workers put in `rows` (each ends with
+    None); returns the number of rows."""
+    count = 0
+    async with conn.cursor().copy(statement) as copy:
+        while parts:
+            block = await rows.get()
+            if block is None:
+                parts -= 1
+            elif isinstance(block, BaseException):
+                raise block
+            else:
+                count += block.count(b"\n")
+                await copy.write(block)
+    return count
+
+
+async def _rebuild_part(
+    conninfo: str,
+    snapshot: str,
+    low: str | None,
+    high: str | None,
+    steps: _Blocks,
+    executions: _Blocks,
+) -> None:
+    """A rebuild worker: fold the executions from `low` up to before `high` (None: no bound) in
+    the rebuild's snapshot and stream their step rows, then their execution rows (COPY text),
+    into the queues; an error, into both (the rebuild reads one of them)."""
+    try:
+        await _fold_part(conninfo, snapshot, low, high, steps, executions)
+    except Exception as exc:
+        await steps.put(exc)
+        await executions.put(exc)
+        raise
+
+
+async def _fold_part(
+    conninfo: str,
+    snapshot: str,
+    low: str | None,
+    high: str | None,
+    steps: _Blocks,
+    executions: _Blocks,
+) -> None:
+    worker = await connect(conninfo)
+    try:
+        await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        async with worker.transaction():
+            await psycopg.AsyncClientCursor(worker).execute(
+                query("projection.import_snapshot"), (snapshot,)
+            )
+            await worker.execute(query("projection.part_table"))
+            params = {"low": low, "high": high}
+            for statement, out in (
+                (query("projection.part_steps"), steps),
+                (query("projection.part_executions"), executions),
+            ):
+                async with worker.cursor().copy(statement, params) as copy:
+                    block = bytearray()
+                    async for data in copy:
+                        block += data
+                        if len(block) >= _COPY_BLOCK:
+                            await out.put(bytes(block))
+                            block.clear()
+                    if block:
+                        await out.put(bytes(block))
+                await out.put(None)
+    finally:
+        await worker.close()
 
 
 @translating()

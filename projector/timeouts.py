@@ -7,7 +7,7 @@ cannot cancel a rebuild half-way or make the sink give up on a batch:
 
 * the projector (`project`, `project --once`, `rebuild`; :data:`PROJECTION_KWARGS`):
   ``statement_timeout = 0`` and ``lock_timeout = 0``. Its statements are bounded by its chunk
-  size (a rebuild by the size of the log: 133 s for 10 M events) and its only waits are for
+  size (a rebuild by the size of the log: 84 s for 10 M events) and its only waits are for
   another projector's transaction, which it is meant to wait for;
 * the sink (:func:`session_kwargs` with `PostgresEventSink(lock_timeout=...)`, default
   :data:`SINK_LOCK_TIMEOUT`): ``statement_timeout = 0`` (its statements are bounded by

@@ -289,6 +289,112 @@ async def test_rebuild_equals_views(aconn: Conn, database_url: str) -> None:
     await assert_tables_equal_views(aconn, events + more)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+async def test_rebuild_split_between_workers_equals_the_fold(
+    aconn: Conn, database_url: str, workers: int
+) -> None:
+    # Errors that COPY text must escape (newline, tab, backslash, a quote, non-ASCII) travel from
+    # the workers to the rebuild's transaction unchanged; 3 workers over 8 executions leave
+    # parts with none or one execution too.
+    error = 'line one\nline\ttwo \\ "quoted" \u00e9\u2603'
+    events = [e for i in range(7) for e in trace(f"w{i}", 1 + i % 3, offset=i)]
+    events += [
+        ev("wf", 1, "playbook.started", "STARTED", "tests/pb"),
+        ev("wf", 2, "call.error", "FAILED", "a", context={"error": error}),
+        ev("wf", 3, "playbook.failed", "FAILED", "playbook", context={"error": error}),
+    ]
+    await insert_events(aconn, events)
+    await Projector(database_url).once()
+    await aconn.execute("UPDATE noetl.step_state SET status = 'WRONG'")
+    await aconn.execute("DELETE FROM noetl.execution_state WHERE execution_id = 'w1'")
+    conn = await connect(database_url)
+    try:
+        result = await rebuild(conn, workers=workers)
+    finally:
+        await conn.close()
+    steps, execs = fold_all(events)
+    assert (result.steps, result.executions) == (len(steps), len(execs)) == (len(steps), 8)
+    assert (await read_steps(aconn, "noetl.step_state"))[("wf", "a")].error == error
+    assert (await read_executions(aconn, "noetl.execution_state"))["wf"].error == error
+    await assert_tables_equal_views(aconn, events)
+
+
+async def test_rebuild_of_an_empty_log_empties_the_tables(aconn: Conn, database_url: str) -> None:
+    # No event to take part bounds from: one part, no rows, the stale state rows gone.
+    await aconn.execute(
+        "INSERT INTO noetl.execution_state (execution_id, status, started_at, last_event_at, "
+        "event_count, step_count, steps_completed, steps_failed, steps_running, open_units, "
+        "settled) VALUES ('stale', 'RUNNING', now(), now(), 1, 0, 0, 0, 0, 0, true)"
+    )
+    conn = await connect(database_url)
+    try:
+        result = await rebuild(conn, workers=2)
+    finally:
+        await conn.close()
+    assert (result.steps, result.executions) == (0, 0)
+    assert await read_executions(aconn, "noetl.execution_state") == {}
+
+
+async def test_readers_see_the_old_rows_until_the_rebuild_commits(
+    aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import projector.projection as projection
+
+    events = trace("s1") + trace("s2", 4)
+    await insert_events(aconn, events)
+    await Projector(database_url).once()
+    await aconn.execute("UPDATE noetl.step_state SET status = 'WRONG'")
+    seen: list[list[tuple[Any, ...]]] = []
+    real = projection._copy_in
+
+    async def copy_in(*args: Any) -> int:  # a reader looks after each of the rebuild's COPYs
+        n = await real(*args)
+        cur = await aconn.execute("SELECT DISTINCT status FROM noetl.step_state")
+        seen.append(await cur.fetchall())
+        return n
+
+    monkeypatch.setattr(projection, "_copy_in", copy_in)
+    conn = await connect(database_url)
+    try:
+        await rebuild(conn, workers=2)
+    finally:
+        await conn.close()
+    assert seen == [[("WRONG",)], [("WRONG",)]]  # the rows written, not yet committed
+    await assert_tables_equal_views(aconn, events)
+
+
+@pytest.mark.parametrize("broken_query", ["projection.part_steps", "projection.part_executions"])
+async def test_a_failing_rebuild_worker_leaves_the_old_rows(
+    aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch, broken_query: str
+) -> None:
+    import projector.projection as projection
+
+    events = trace("f1") + trace("f2", 4)
+    await insert_events(aconn, events)
+    await Projector(database_url).once()
+    await aconn.execute("UPDATE noetl.step_state SET status = 'WRONG'")
+    before = await checkpoint(aconn)
+    real = projection.query
+
+    def broken(name: str) -> Any:  # the workers' first or second statement fails
+        if name == broken_query:
+            return "COPY (SELECT 1 / 0) TO STDOUT"
+        return real(name)
+
+    monkeypatch.setattr(projection, "query", broken)
+    conn = await connect(database_url)
+    try:
+        with pytest.raises(ProjectorError, match="division by zero"):
+            await rebuild(conn, workers=2)
+        assert not conn.info.transaction_status  # idle: rolled back, usable again
+    finally:
+        await conn.close()
+    cur = await aconn.execute("SELECT DISTINCT status FROM noetl.step_state")
+    assert await cur.fetchall() == [("WRONG",)]  # not one row of the failed rebuild
+    assert len(await read_executions(aconn, "noetl.execution_state")) == 2
+    assert await checkpoint(aconn) == before
+
+
 def ev(
     execution_id: str, n: int, event_type: str, status: str, step: str, **kw: object
 ) -> ExecutorEvent:

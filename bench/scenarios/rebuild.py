@@ -1,5 +1,8 @@
 """Scenario 8: `projector rebuild` (projector.projection.rebuild) over the generated history.
 
+The rebuild runs as the command does: its fold split between `REBUILD_WORKERS` (2) connections
+in its snapshot, its rows written by its one transaction.
+
 Baseline (the floor, issue 15): one pass that reads every column the fold reads (execution_id,
 step, event_type, status, created_at, event_id, a field of context and of meta) and writes one
 row per (execution, step) into a new logged table (`CREATE TABLE ... AS SELECT ... GROUP BY 1, 2`),
@@ -27,7 +30,7 @@ TARGET = 0.2
 
 
 async def run(ctx: Context, result: ScenarioResult) -> None:
-    from projector.projection import connect, rebuild
+    from projector.projection import REBUILD_WORKERS, connect, rebuild
 
     url, executions, gen_seconds = await big_history(ctx)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -35,13 +38,18 @@ async def run(ctx: Context, result: ScenarioResult) -> None:
         assert row is not None
         events = int(row[0])
     rounds = 1 if events > 2_000_000 or ctx.quick else ctx.sizes.rounds
-    result.params = {"events": events, "executions": executions, "rounds": rounds}
+    result.params = {
+        "events": events,
+        "executions": executions,
+        "rounds": rounds,
+        "workers": REBUILD_WORKERS,
+    }
 
     async def candidate(_: int) -> Sample:
         conn = await connect(url)
         try:
             with Timer() as t:
-                r = await rebuild(conn)
+                r = await rebuild(conn, workers=REBUILD_WORKERS)
         finally:
             await conn.close()
         ctx.cache["big_rebuilt"] = True

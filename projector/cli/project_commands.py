@@ -24,7 +24,15 @@ from ..database import describe
 from ..errors import ProjectorError
 from ..health import Lag, Readiness, probe_connection, projection_lag, readiness
 from ..metrics import ProjectMetrics
-from ..projection import DEFAULT_NAME, ChunkResult, Projector, Shard, connect, rebuild
+from ..projection import (
+    DEFAULT_NAME,
+    REBUILD_WORKERS,
+    ChunkResult,
+    Projector,
+    Shard,
+    connect,
+    rebuild,
+)
 from ..settings import settings
 from . import options
 from .monitoring import add_monitoring_options, progress_logging, serving
@@ -207,7 +215,7 @@ async def _run(
 async def rebuild_command(args: argparse.Namespace, db: str) -> int:
     """Recompute step_state and execution_state from the whole event log."""
     async with await connect(db) as conn:
-        result = await rebuild(conn, name=args.name)
+        result = await rebuild(conn, name=args.name, workers=args.workers)
     Console(highlight=False).print(
         f"rebuilt {result.steps} steps of {result.executions} executions", markup=False
     )
@@ -276,6 +284,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Recompute noetl.step_state and noetl.execution_state from noetl.event with "
         "set-based SQL in one transaction (readers see the old rows until it commits) and move "
         "the projector's checkpoint. Use after changing the rules or restoring a backup.",
+    )
+    p.add_argument(
+        "--workers",
+        type=options.positive_int,
+        default=REBUILD_WORKERS,
+        metavar="N",
+        help="connections that fold a share of the executions each, side by side, in the "
+        "rebuild's snapshot; the rows are written by the rebuild's one transaction "
+        f"(default {REBUILD_WORKERS}; at most one per core of the server helps)",
     )
     p.add_argument("--name", default=DEFAULT_NAME, help=argparse.SUPPRESS)
     p.set_defaults(handler=rebuild_command)

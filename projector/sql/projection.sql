@@ -8,7 +8,7 @@
 -- noetl.execution_activity (what its events say outside the steps) and noetl.execution_end (its
 -- deciding lifecycle event) and from the steps just written to step_state; that last part,
 -- the step summary and the combination of the three, is written twice here (upsert_executions,
--- rebuild_executions) and once in the view noetl.execution_status_log (with noetl.execution_steps).
+-- part_executions) and once in the view noetl.execution_status_log (with noetl.execution_steps).
 -- tests/test_status_properties.py binds all of them to the Python fold in projector/fold.py on
 -- random traces. Change one, change all three and run that test.
 
@@ -216,40 +216,94 @@ DELETE FROM noetl.step_state
 -- The rebuild's second step: no execution_state rows.
 DELETE FROM noetl.execution_state
 
--- name: rebuild_steps
--- Every step's state from the whole log: the step_status_log view (the fold of the log), set-based.
-INSERT INTO noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
-                              last_event_at, last_event_type, event_count, error, iterations,
-                              iterations_completed, iterations_failed, iterations_running)
-SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
-       last_event_type, event_count, error, iterations, iterations_completed, iterations_failed,
-       iterations_running
-FROM noetl.step_status_log
+-- name: export_snapshot
+-- The rebuild's snapshot, for its workers to read the log exactly as its transaction does.
+SELECT pg_export_snapshot()
 
--- name: rebuild_executions
--- Set-based twin of upsert_executions over the whole log (see the top of this file): the
--- execution_status view's combination, with the steps summed up from the freshly rebuilt
--- step_state.
-INSERT INTO noetl.execution_state (execution_id, status, started_at, finished_at, last_event_at,
-                                   event_count, step_count, steps_completed, steps_failed,
-                                   steps_running, error, parent_execution_id, playbook,
-                                   last_progress_at, open_units, settled)
-SELECT a.execution_id,
-       coalesce(x.status, CASE WHEN a.nothing_started THEN 'PENDING' ELSE 'RUNNING' END),
-       a.started_at, x.finished_at, a.last_event_at, a.event_count, coalesce(s.step_count, 0),
-       coalesce(s.steps_completed, 0), coalesce(s.steps_failed, 0), coalesce(s.steps_running, 0),
-       coalesce(x.error, CASE WHEN x.status IS DISTINCT FROM 'COMPLETED' THEN s.first_error END),
-       a.parent_execution_id, a.playbook, a.last_progress_at, coalesce(s.open_units, 0),
-       coalesce(s.steps_running, 0) = 0
-FROM noetl.execution_activity a
-LEFT JOIN noetl.execution_end x ON x.execution_id = a.execution_id
-LEFT JOIN (
-    SELECT execution_id, count(*) AS step_count,
-           count(*) FILTER (WHERE status = 'COMPLETED') AS steps_completed,
-           count(*) FILTER (WHERE status = 'FAILED') AS steps_failed,
-           count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running,
-           sum(iterations_running) AS open_units,
-           (array_agg(error ORDER BY finished_at, step COLLATE "C")
-                FILTER (WHERE status = 'FAILED'))[1] AS first_error
-    FROM noetl.step_state GROUP BY execution_id
-) s ON s.execution_id = a.execution_id
+-- name: import_snapshot
+-- A rebuild worker's first statement (in a REPEATABLE READ transaction): the rebuild's snapshot.
+SET TRANSACTION SNAPSHOT %s
+
+-- name: part_table
+-- A rebuild worker's steps, kept for its execution rows (a temporary table, dropped at commit).
+CREATE TEMPORARY TABLE rebuild_steps (LIKE noetl.step_state) ON COMMIT DROP
+
+-- name: part_bounds
+-- Where the rebuild's parts meet: the execution ids at the given fractions of a sample of the log
+-- (1 % of its pages, and its first 1,000 rows so that a small log has some). Any bounds give the
+-- same rows; these give the workers about the same share of events.
+SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY execution_id)
+FROM (
+    SELECT execution_id FROM noetl.event TABLESAMPLE SYSTEM (1)
+    UNION ALL
+    (SELECT execution_id FROM noetl.event LIMIT 1000)
+) sample
+
+-- name: part_steps
+-- One part of the rebuild's steps, the executions from `low` (null: from the first) up to before
+-- `high` (null: to the last): the step_status_log view (the fold of the log), kept in the worker's
+-- table and streamed out as the rows are folded. (COPY binds the values client-side, so a null
+-- bound folds away.) The range reaches the grouping as an index condition: each worker reads,
+-- sorts and folds only its own executions' events.
+COPY (
+    INSERT INTO pg_temp.rebuild_steps (execution_id, step, status, attempts, started_at,
+                                       finished_at, last_event_at, last_event_type, event_count,
+                                       error, iterations, iterations_completed, iterations_failed,
+                                       iterations_running)
+    SELECT execution_id, step, status, attempts, started_at, finished_at, last_event_at,
+           last_event_type, event_count, error, iterations, iterations_completed,
+           iterations_failed, iterations_running
+    FROM noetl.step_status_log
+    WHERE (execution_id >= %(low)s OR %(low)s IS NULL)
+      AND (execution_id < %(high)s OR %(high)s IS NULL)
+    RETURNING execution_id, step, status, attempts, started_at, finished_at, last_event_at,
+              last_event_type, event_count, error, iterations, iterations_completed,
+              iterations_failed, iterations_running
+) TO STDOUT
+
+-- name: part_executions
+-- The same part of the rebuild's executions: the set-based twin of upsert_executions
+-- (see the top of this file), the execution_status view's combination, with the steps summed up
+-- from the worker's freshly folded steps (part_steps).
+COPY (
+    SELECT a.execution_id,
+           coalesce(x.status, CASE WHEN a.nothing_started THEN 'PENDING' ELSE 'RUNNING' END),
+           a.started_at, x.finished_at, a.last_event_at, a.event_count, coalesce(s.step_count, 0),
+           coalesce(s.steps_completed, 0), coalesce(s.steps_failed, 0),
+           coalesce(s.steps_running, 0),
+           coalesce(x.error,
+                    CASE WHEN x.status IS DISTINCT FROM 'COMPLETED' THEN s.first_error END),
+           a.parent_execution_id, a.playbook, a.last_progress_at, coalesce(s.open_units, 0),
+           coalesce(s.steps_running, 0) = 0
+    FROM noetl.execution_activity a
+    LEFT JOIN (
+        SELECT * FROM noetl.execution_end
+        WHERE (execution_id >= %(low)s OR %(low)s IS NULL)
+          AND (execution_id < %(high)s OR %(high)s IS NULL)
+    ) x ON x.execution_id = a.execution_id
+    LEFT JOIN (
+        SELECT execution_id, count(*) AS step_count,
+               count(*) FILTER (WHERE status = 'COMPLETED') AS steps_completed,
+               count(*) FILTER (WHERE status = 'FAILED') AS steps_failed,
+               count(*) FILTER (WHERE NOT noetl.is_terminal(status)) AS steps_running,
+               sum(iterations_running) AS open_units,
+               (array_agg(error ORDER BY finished_at, step COLLATE "C")
+                    FILTER (WHERE status = 'FAILED'))[1] AS first_error
+        FROM pg_temp.rebuild_steps GROUP BY execution_id
+    ) s ON s.execution_id = a.execution_id
+    WHERE (a.execution_id >= %(low)s OR %(low)s IS NULL)
+      AND (a.execution_id < %(high)s OR %(high)s IS NULL)
+) TO STDOUT
+
+-- name: copy_steps
+-- The rebuild's steps, as its workers stream them (COPY text rows of part_steps).
+COPY noetl.step_state (execution_id, step, status, attempts, started_at, finished_at,
+                       last_event_at, last_event_type, event_count, error, iterations,
+                       iterations_completed, iterations_failed, iterations_running) FROM STDIN
+
+-- name: copy_executions
+-- The rebuild's executions, as its workers stream them (COPY text rows of part_executions).
+COPY noetl.execution_state (execution_id, status, started_at, finished_at, last_event_at,
+                            event_count, step_count, steps_completed, steps_failed,
+                            steps_running, error, parent_execution_id, playbook,
+                            last_progress_at, open_units, settled) FROM STDIN
