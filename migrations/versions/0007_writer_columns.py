@@ -28,30 +28,34 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: Every column of noetl.event but txid, as this revision finds them.
-WRITER_COLUMNS = r"""
+#: The columns of noetl.event as this revision finds them, quoted, as one list (`cols`); `{but}`:
+#: a condition on `attname` that leaves some out.
+_COLUMNS = r"""
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+      FROM pg_attribute
+     WHERE attrelid = 'noetl.event'::regclass AND attnum > 0 AND NOT attisdropped AND {but};
+"""
+
+#: INSERT on every column of noetl.event but txid, instead of on the table.
+WRITER_COLUMNS = f"""
 DO $$
 DECLARE
     cols text;
 BEGIN
-    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
-      FROM pg_attribute
-     WHERE attrelid = 'noetl.event'::regclass AND attnum > 0 AND NOT attisdropped
-       AND attname <> 'txid';
+{_COLUMNS.format(but="attname <> 'txid'")}
     REVOKE INSERT ON noetl.event FROM noetl_writer;
     EXECUTE format('GRANT INSERT (%s) ON noetl.event TO noetl_writer', cols);
 END
 $$;
 """
 
-TABLE_WIDE = r"""
+#: The table-wide INSERT of revision 0004 again.
+TABLE_WIDE = f"""
 DO $$
 DECLARE
     cols text;
 BEGIN
-    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
-      FROM pg_attribute
-     WHERE attrelid = 'noetl.event'::regclass AND attnum > 0 AND NOT attisdropped;
+{_COLUMNS.format(but="true")}
     EXECUTE format('REVOKE INSERT (%s) ON noetl.event FROM noetl_writer', cols);
     GRANT INSERT ON noetl.event TO noetl_writer;
 END
