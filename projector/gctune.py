@@ -23,22 +23,34 @@ __all__ = ["YOUNG_THRESHOLD", "tuned"]
 YOUNG_THRESHOLD = 10_000
 
 
+#: The blocks of :func:`tuned` running now, and the settings the first of them found.
+_active = 0
+_saved: tuple[tuple[int, int, int], bool] | None = None
+
+
 @contextmanager
 def tuned() -> Iterator[None]:
     """Within the block: the objects alive at its start frozen, the young generation's threshold
     at least :data:`YOUNG_THRESHOLD` (a higher one, or 0 = automatic collection off, is kept).
-    Afterwards the threshold is restored and, unless something had frozen objects before, the
-    frozen ones are unfrozen."""
-    threshold = gc.get_threshold()
-    froze = gc.get_freeze_count() == 0
+    When the last block running ends (blocks may overlap: two commands run in one process), the
+    threshold the first one found is restored and, unless something had frozen objects before,
+    the frozen ones are unfrozen."""
+    global _active, _saved
+    if _active == 0:
+        _saved = (gc.get_threshold(), gc.get_freeze_count() == 0)
+    _active += 1
     gc.collect()
     gc.freeze()
-    young, middle, old = threshold
+    young, middle, old = gc.get_threshold()
     if 0 < young < YOUNG_THRESHOLD:
         gc.set_threshold(YOUNG_THRESHOLD, middle, old)
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        if froze:
-            gc.unfreeze()
+        _active -= 1
+        if _active == 0 and _saved is not None:
+            threshold, froze = _saved
+            _saved = None
+            gc.set_threshold(*threshold)
+            if froze:
+                gc.unfreeze()

@@ -38,10 +38,11 @@ The statements are the named queries ``projection.*`` in ``projector/sql/project
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, LiteralString
 
@@ -329,6 +330,12 @@ async def checkpoint(conn: AsyncConn, name: str = DEFAULT_NAME) -> int | None:
 REBUILD_WORKERS: Final = 2
 #: Bytes of COPY rows a rebuild worker gathers before handing them on.
 _COPY_BLOCK: Final = 1 << 16
+#: Seconds a rebuild worker waits for a lock. While its workers start, the rebuild holds its own
+#: locks on the log and the state tables, so no other session holds a conflicting one: a worker
+#: can only wait behind an exclusive request (ALTER TABLE, VACUUM FULL, a migration) that itself
+#: waits for the rebuild. Without a limit the three would wait for each other for ever, and every
+#: writer would queue behind the exclusive request.
+REBUILD_WORKER_LOCK_WAIT: Final = 5.0
 
 
 @translating()
@@ -425,6 +432,20 @@ async def _rebuild_part(
         raise
 
 
+@contextlib.asynccontextmanager
+async def _queued_behind_exclusive() -> AsyncIterator[None]:
+    """A worker's lock wait that ran out (:data:`REBUILD_WORKER_LOCK_WAIT`) as what it means."""
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable as exc:
+        raise ProjectorError(
+            "the rebuild was rolled back, nothing changed: one of its workers waited "
+            f"{REBUILD_WORKER_LOCK_WAIT:g} s for a lock on noetl's tables behind another "
+            "session's request for an exclusive lock (ALTER TABLE, VACUUM FULL, a migration), "
+            "which was waiting for the rebuild; run the rebuild again once that is done"
+        ) from exc
+
+
 async def _fold_part(
     conninfo: str,
     snapshot: str,
@@ -435,8 +456,11 @@ async def _fold_part(
 ) -> None:
     worker = await connect(conninfo)
     try:
+        await worker.execute(
+            query("projection.worker_lock_timeout"), (f"{REBUILD_WORKER_LOCK_WAIT * 1000:.0f}ms",)
+        )
         await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-        async with worker.transaction():
+        async with _queued_behind_exclusive(), worker.transaction():
             await psycopg.AsyncClientCursor(worker).execute(
                 query("projection.import_snapshot"), (snapshot,)
             )

@@ -50,3 +50,15 @@ def test_tuned_keeps_a_higher_or_disabled_threshold_and_an_earlier_freeze() -> N
         raise RuntimeError("the command failed")
     assert gc.get_freeze_count() >= frozen
     assert gc.get_threshold() == (700, 5, 5)
+
+
+def test_overlapping_blocks_restore_what_the_first_found() -> None:
+    """Two commands in one process whose blocks overlap without nesting."""
+    before = gc.get_threshold()
+    a, b = gctune.tuned(), gctune.tuned()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert gc.get_threshold()[0] >= gctune.YOUNG_THRESHOLD  # b still runs
+    b.__exit__(None, None, None)
+    assert gc.get_threshold() == before

@@ -395,6 +395,60 @@ async def test_a_failing_rebuild_worker_leaves_the_old_rows(
     assert await checkpoint(aconn) == before
 
 
+async def test_a_rebuild_whose_workers_queue_behind_an_alter_table_gives_up(
+    aconn: Conn, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ALTER TABLE asked for while the rebuild holds its locks waits for the rebuild; its workers
+    then wait behind the ALTER. The workers' bounded lock wait ends that: the rebuild rolls back
+    with a message that says why, and the ALTER goes through."""
+    import projector.projection as projection
+
+    await insert_events(aconn, trace("q1") + trace("q2", 4))
+    await Projector(database_url).once()
+    before = await checkpoint(aconn)
+    monkeypatch.setattr(projection, "REBUILD_WORKER_LOCK_WAIT", 0.5)
+    starting, go = asyncio.Event(), asyncio.Event()
+    real = projection._rebuild_part
+
+    async def held(*args: Any) -> None:  # the workers start once the ALTER is queued
+        starting.set()
+        await go.wait()
+        await real(*args)
+
+    monkeypatch.setattr(projection, "_rebuild_part", held)
+    conn = await connect(database_url)
+    alter = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        task = asyncio.create_task(rebuild(conn, workers=2))
+        await asyncio.wait_for(starting.wait(), 60)
+        altering = asyncio.create_task(
+            alter.execute("ALTER TABLE noetl.event ADD COLUMN probe integer")
+        )
+
+        async def queued() -> bool:
+            cur = await aconn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'"
+            )
+            return await cur.fetchone() == (1,)
+
+        for _ in range(600):
+            if await queued():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the ALTER TABLE never queued behind the rebuild")
+        go.set()
+        with pytest.raises(ProjectorError, match="exclusive lock"):
+            await asyncio.wait_for(task, 60)
+        await asyncio.wait_for(altering, 60)  # the ALTER went through once the rebuild gave up
+        await alter.rollback()
+    finally:
+        await conn.close()
+        await alter.close()
+    assert await checkpoint(aconn) == before
+    assert len(await read_executions(aconn, "noetl.execution_state")) == 2
+
+
 def ev(
     execution_id: str, n: int, event_type: str, status: str, step: str, **kw: object
 ) -> ExecutorEvent:

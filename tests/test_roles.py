@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
 
 from projector import PostgresEventSink, RawEnvelope, migrate, readmodel
 from projector.errors import LockTimeout
@@ -140,6 +141,15 @@ async def test_the_projector_role_projects_rebuilds_and_creates_partitions(
 ) -> None:
     async with PostgresEventSink(database_url) as sink:
         await sink.emit_many(events(500, per_execution=50))
+    # A hardened database: only roles granted TEMPORARY may create temporary tables (the
+    # rebuild's workers keep their steps in one; revision 0009 grants it to the role).
+    dbname = conninfo_to_dict(database_url)["dbname"]
+    await aconn.execute(
+        sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(str(dbname)))
+    )
+    # Grants on a database do not come with a copy of a template: apply 0009 to this one.
+    await asyncio.to_thread(migrate.downgrade, database_url, "0008")
+    await asyncio.to_thread(migrate.upgrade, database_url)
     url = login("noetl_projector")
     assert await Projector(url).once() == 500
     conn = await connect(url)

@@ -220,6 +220,10 @@ DELETE FROM noetl.execution_state
 -- The rebuild's snapshot, for its workers to read the log exactly as its transaction does.
 SELECT pg_export_snapshot()
 
+-- name: worker_lock_timeout
+-- A rebuild worker's lock wait, bounded (projector.projection.REBUILD_WORKER_LOCK_WAIT).
+SELECT set_config('lock_timeout', %s, false)
+
 -- name: import_snapshot
 -- A rebuild worker's first statement (in a REPEATABLE READ transaction): the rebuild's snapshot.
 SET TRANSACTION SNAPSHOT %s
