@@ -27,7 +27,8 @@ depends_on: str | Sequence[str] | None = None
 _TEMPORARY = r"""
 DO $$
 BEGIN
-    EXECUTE format('{verb} TEMPORARY ON DATABASE %I {direction} noetl_projector', current_database());
+    EXECUTE format('{verb} TEMPORARY ON DATABASE %I {direction} noetl_projector',
+                   current_database());
 END
 $$;
 """
