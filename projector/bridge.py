@@ -333,7 +333,7 @@ class Bridge:
                         prefetch = asyncio.create_task(self._fetch(puller))
                     writing.add(asyncio.create_task(self._handle(puller, msgs, sink)))
                 if cfg.log_interval > 0 and time.monotonic() >= next_log:
-                    await self._refresh_lag(js)
+                    # pending / ack_pending as _watch_lag last read them (at most lag_interval old)
                     log.info("bridge %s/%s: %s", cfg.stream, cfg.durable, self.stats.line())
                     next_log = time.monotonic() + cfg.log_interval
                 if cfg.until_empty and not msgs and prefetch is None:

@@ -654,8 +654,9 @@ def _parse_canonical(
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     d = _verbatim(data)
     # Exactly orjson's serialisation of what it parsed to (what the sinks write): no duplicate
-    # key (the serialisation of a dict holds none), no lone surrogate, NaN, infinity or integer
-    # beyond 64 bits (orjson refuses to read them), U+0000 only as the escape `\u0000`, and the
+    # key (the serialisation of a dict holds none), no lone surrogate, NaN or infinity (orjson
+    # refuses to read them), no integer beyond 64 bits (orjson reads it as a float, which
+    # serialises differently), U+0000 only as the escape `\u0000`, and the
     # nesting is bounded: nothing `_storable` would refuse, without a walk (see `_verbatim`).
     verbatim = d is not None
     if d is None:

@@ -36,7 +36,6 @@ from .redact import redact
 from .timeouts import session_kwargs
 
 __all__ = [
-    "DEFAULT_READY_MAX_LAG",
     "LAG_COUNT_CAP",
     "HealthServer",
     "Lag",
@@ -48,8 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The default of ``--ready-max-lag``: seconds of lag beyond which /readyz answers 503.
-DEFAULT_READY_MAX_LAG: Final = 300.0
 #: The lag in events is counted up to this many (the count walks the unprojected rows).
 LAG_COUNT_CAP: Final = 1_000_000
 #: Seconds a client has to send its request; and a readiness probe's limit.

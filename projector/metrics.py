@@ -23,8 +23,8 @@ sink's hot path gains nothing but one call per batch.
   ``..._rejected_total``, ``noetl_projector_nats_redeliveries_total``;
 * ``noetl_projector_sink_batch_duration_seconds`` (histogram, one observation a stored batch);
 * ``noetl_projector_nats_pending`` (messages the durable consumer has not delivered yet) and
-  ``noetl_projector_nats_lag_seconds`` (0 when nothing is pending; else the age, by JetStream's
-  timestamp, of the newest message stored).
+  ``noetl_projector_nats_lag_seconds`` (0 when every message is stored and acknowledged; else
+  the age, by JetStream's timestamp, of the newest message stored).
 """
 
 from __future__ import annotations

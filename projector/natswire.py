@@ -156,16 +156,17 @@ def _parser_supported(ps: Any) -> bool:
 def _fast_parse(
     ps: Any, handlers: dict[int, Handler], original: Callable[[bytes], Awaitable[None]]
 ) -> Callable[[bytes], Awaitable[None]]:
-    """The replacement of the parser's ``parse(data)``: the complete ``MSG`` frames (no headers)
+    """The replacement of the parser's ``parse(data)``: the complete ``MSG`` and ``HMSG`` frames
     of tapped subscriptions at the front of what was read go straight to their handler (a split,
     two integers and a slice each, no regular expression, buffer deletion or coroutine); from the
-    first frame that is anything else (``HMSG``, ``PING``, ``INFO``, another subscription's
+    first frame that is anything else (``PING``, ``INFO``, another subscription's
     message, a frame cut by the end of the read, unusual spacing) the rest goes to nats-py's own
     parser, in order. While nats-py's parser is in the middle of a frame, it gets exactly the
     bytes that complete it first."""
     get = handlers.get
     prefix = _STATUS_PREFIX
-    control = _nats_parser.AWAITING_CONTROL_LINE if _nats_parser is not None else 1
+    assert _nats_parser is not None  # installed only when _parser_supported() holds
+    control = _nats_parser.AWAITING_CONTROL_LINE
 
     async def parse(data: bytes = b"") -> None:
         if ps.state != control:  # a payload nats-py's parser started: finish it with it

@@ -54,7 +54,7 @@ from .backoff import Backoff
 from .channels import NOTIFY_CHANNEL, PROJECTOR_LOCK_CLASS
 from .errors import ProjectorError, is_transient, translating
 from .queries import query
-from .timeouts import PROJECTION_KWARGS
+from .timeouts import PROJECTION_KWARGS, session_kwargs
 
 __all__ = [
     "DEFAULT_NAME",
@@ -413,25 +413,6 @@ async def _copy_in(conn: AsyncConn, statement: LiteralString, rows: _Blocks, par
     return count
 
 
-async def _rebuild_part(
-    conninfo: str,
-    snapshot: str,
-    low: str | None,
-    high: str | None,
-    steps: _Blocks,
-    executions: _Blocks,
-) -> None:
-    """A rebuild worker: fold the executions from `low` up to before `high` (None: no bound) in
-    the rebuild's snapshot and stream their step rows, then their execution rows (COPY text),
-    into the queues; an error, into both (the rebuild reads one of them)."""
-    try:
-        await _fold_part(conninfo, snapshot, low, high, steps, executions)
-    except Exception as exc:
-        await steps.put(exc)
-        await executions.put(exc)
-        raise
-
-
 @contextlib.asynccontextmanager
 async def _queued_behind_exclusive() -> AsyncIterator[None]:
     """A worker's lock wait that ran out (:data:`REBUILD_WORKER_LOCK_WAIT`) as what it means."""
@@ -446,7 +427,7 @@ async def _queued_behind_exclusive() -> AsyncIterator[None]:
         ) from exc
 
 
-async def _fold_part(
+async def _rebuild_part(
     conninfo: str,
     snapshot: str,
     low: str | None,
@@ -454,34 +435,41 @@ async def _fold_part(
     steps: _Blocks,
     executions: _Blocks,
 ) -> None:
-    worker = await connect(conninfo)
+    """A rebuild worker: fold the executions from `low` up to before `high` (None: no bound) in
+    the rebuild's snapshot and stream their step rows, then their execution rows (COPY text),
+    into the queues; an error, into both (the rebuild reads one of them)."""
     try:
-        await worker.execute(
-            query("projection.worker_lock_timeout"), (f"{REBUILD_WORKER_LOCK_WAIT * 1000:.0f}ms",)
+        worker = await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, **session_kwargs(lock_timeout=REBUILD_WORKER_LOCK_WAIT)
         )
-        await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-        async with _queued_behind_exclusive(), worker.transaction():
-            await psycopg.AsyncClientCursor(worker).execute(
-                query("projection.import_snapshot"), (snapshot,)
-            )
-            await worker.execute(query("projection.part_table"))
-            params = {"low": low, "high": high}
-            for statement, out in (
-                (query("projection.part_steps"), steps),
-                (query("projection.part_executions"), executions),
-            ):
-                async with worker.cursor().copy(statement, params) as copy:
-                    block = bytearray()
-                    async for data in copy:
-                        block += data
-                        if len(block) >= _COPY_BLOCK:
+        try:
+            await worker.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+            async with _queued_behind_exclusive(), worker.transaction():
+                await psycopg.AsyncClientCursor(worker).execute(
+                    query("projection.import_snapshot"), (snapshot,)
+                )
+                await worker.execute(query("projection.part_table"))
+                params = {"low": low, "high": high}
+                for statement, out in (
+                    (query("projection.part_steps"), steps),
+                    (query("projection.part_executions"), executions),
+                ):
+                    async with worker.cursor().copy(statement, params) as copy:
+                        block = bytearray()
+                        async for data in copy:
+                            block += data
+                            if len(block) >= _COPY_BLOCK:
+                                await out.put(bytes(block))
+                                block.clear()
+                        if block:
                             await out.put(bytes(block))
-                            block.clear()
-                    if block:
-                        await out.put(bytes(block))
-                await out.put(None)
-    finally:
-        await worker.close()
+                    await out.put(None)
+        finally:
+            await worker.close()
+    except Exception as exc:
+        await steps.put(exc)
+        await executions.put(exc)
+        raise
 
 
 @translating()

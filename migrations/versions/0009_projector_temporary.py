@@ -1,6 +1,6 @@
 """The projector's role may create temporary tables in this database.
 
-`projector rebuild` (revision 0008's code) folds on worker connections, and each worker keeps
+`projector rebuild` folds on worker connections, and each worker keeps
 its freshly folded steps in a temporary table (``pg_temp.rebuild_steps``, dropped at its commit)
 to sum them up into its execution rows. PostgreSQL grants TEMPORARY to PUBLIC by default; a
 database hardened with ``REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC`` would refuse the rebuild

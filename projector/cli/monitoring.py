@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CollectorRegistry
 
 from ..health import HealthServer, ReadyCheck
+from ..logs import TEXT_FORMAT
 from ..settings import Settings
 from . import options
 
@@ -68,8 +69,6 @@ def progress_logging(*loggers: str) -> None:
     """Progress lines are the output of a long-running command: show these loggers' INFO records
     (and the served address) even without --verbose."""
     if not logging.getLogger().handlers:  # called from Python, not through `projector`
-        logging.basicConfig(
-            stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(stream=sys.stderr, format=TEXT_FORMAT)
     for name in (*loggers, "projector.health"):
         logging.getLogger(name).setLevel(logging.INFO)

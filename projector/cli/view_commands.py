@@ -41,7 +41,7 @@ from ..errors import ConfigurationError, UnknownExecution
 from ..hosts import host_name
 from ..projection import connect
 from ..readmodel import jsonable
-from .options import seconds
+from .options import address, seconds
 from .safe import escape
 
 __all__ = ["register"]
@@ -242,16 +242,6 @@ async def _watch_plain(
             snapshot(fresh)
 
 
-def _address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8800`` for IPv6), port 0 to 65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an address: write HOST:PORT, e.g. 127.0.0.1:8800"
-        )
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 def _host_name(text: str) -> str:
     """``--allowed-host``: a host name as the Host check compares it."""
     try:
@@ -331,7 +321,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument(
         "--address",
-        type=_address,
+        type=address,
         default=("127.0.0.1", 8800),
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:8800)",

@@ -166,7 +166,8 @@ ON CONFLICT (execution_id, step) DO UPDATE SET
 -- name: upsert_executions
 -- The executions touched by a chunk: noetl.execution_activity and noetl.execution_end for each,
 -- with the steps summed up from step_state (already up to date in this transaction) instead of
--- recomputing every step. The combination is noetl.execution_status's (see the top of this file).
+-- recomputing every step. The combination is noetl.execution_status_log's (see the top of this
+-- file).
 -- OFFSET 0 keeps each view a subquery evaluated per key (its execution_id qual pushed into the
 -- grouping, an index scan) instead of a join the planner may flatten into aggregating the whole
 -- table.
@@ -220,10 +221,6 @@ DELETE FROM noetl.execution_state
 -- The rebuild's snapshot, for its workers to read the log exactly as its transaction does.
 SELECT pg_export_snapshot()
 
--- name: worker_lock_timeout
--- A rebuild worker's lock wait, bounded (projector.projection.REBUILD_WORKER_LOCK_WAIT).
-SELECT set_config('lock_timeout', %s, false)
-
 -- name: import_snapshot
 -- A rebuild worker's first statement (in a REPEATABLE READ transaction): the rebuild's snapshot.
 SET TRANSACTION SNAPSHOT %s
@@ -267,7 +264,7 @@ COPY (
 
 -- name: part_executions
 -- The same part of the rebuild's executions: the set-based twin of upsert_executions
--- (see the top of this file), the execution_status view's combination, with the steps summed up
+-- (see the top of this file), the execution_status_log view's combination, with the steps summed up
 -- from the worker's freshly folded steps (part_steps).
 COPY (
     SELECT a.execution_id,
