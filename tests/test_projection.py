@@ -26,6 +26,7 @@ from projector.projection import (
     project_chunk,
     rebuild,
 )
+from projector.queries import query
 from tests.eventlog import insert_events, read_executions, read_steps
 
 T0 = datetime(2026, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
@@ -537,6 +538,34 @@ async def test_chunk_keys_are_mapped_steps_without_bookkeeping(
     assert list(steps) == [("m", "fetch")]
     assert (steps[("m", "fetch")].status, steps[("m", "fetch")].event_count) == ("COMPLETED", 3)
     await assert_tables_equal_views(aconn, events)
+
+
+async def test_chunk_statements_are_never_jit_compiled(aconn: Conn) -> None:
+    # Before the statistics exist (a new database, a partitioned parent autovacuum never
+    # analyzes) the planner's estimates crossed jit_above_cost, and compiling the chunk's
+    # statements took seconds per chunk; PL/pgSQL, where the fold spends its time, is never
+    # compiled anyway. projection.serial turns it off for the chunk's transaction.
+    cur = await aconn.execute("SELECT pg_jit_available()")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        pytest.skip("this server has no JIT: nothing to turn off")
+    await insert_events(aconn, trace("jit"))
+    await aconn.execute("SET jit = on")
+    await aconn.execute("SET jit_above_cost = 0")
+    explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + query("projection.upsert_executions")
+
+    async def compiled() -> bool:
+        cur = await aconn.execute(explain, {"execution_ids": ["jit"]})
+        plan = await cur.fetchone()
+        assert plan is not None
+        return "JIT" in plan[0][0]
+
+    async with aconn.transaction(force_rollback=True):
+        assert await compiled()  # the check can see it
+    async with aconn.transaction(force_rollback=True):
+        await aconn.execute(query("projection.serial"))
+        assert not await compiled()
+    assert await compiled()  # SET LOCAL: the session's setting is back after the chunk
 
 
 async def test_run_wakes_on_notify(aconn: Conn, database_url: str) -> None:
