@@ -151,25 +151,25 @@ async def _fence_and_checkpoint(
 ) -> tuple[int, int]:
     # The fence first: after the checkpoint INSERT this transaction has an id of its own.
     fence = await _position(conn, query("projection.fence"))
-    if shard is None:
-        await conn.execute(query("projection.ensure_checkpoint"), {"name": name})
-        start = await _position(conn, query("projection.read_checkpoint"), (name,))
-    else:
-        own = shard.checkpoint_name(name)
-        start = await _shard_start(conn, own)
-        if start is None:
-            # The set's first run: an INSERT over the other shards' rows would wait for their
-            # open chunks (a row being updated), so it is made only when this row is missing.
+    # The row is made only when it is missing (the first run, or the first after shards ran:
+    # making a shard set removes the unsharded row). For shards, an INSERT over the other
+    # shards' rows would also wait for their open chunks (a row being updated).
+    own = shard.checkpoint_name(name) if shard is not None else name
+    start = await _locked_checkpoint(conn, own)
+    if start is None:
+        if shard is None:
+            await conn.execute(query("projection.ensure_checkpoint"), {"name": name})
+        else:
             await conn.execute(
                 query("projection.ensure_shard_checkpoints"), {"base": name, "n": shard.count}
             )
-            start = await _shard_start(conn, own)
+        start = await _locked_checkpoint(conn, own)
     assert fence is not None and start is not None
     return fence, start
 
 
-async def _shard_start(conn: AsyncConn, name: str) -> int | None:
-    """The shard's checkpoint, locked (None when its row does not exist yet)."""
+async def _locked_checkpoint(conn: AsyncConn, name: str) -> int | None:
+    """The named checkpoint, locked (None when its row does not exist yet)."""
     cur = await conn.execute(query("projection.read_checkpoint"), (name,))
     row = await cur.fetchone()
     return int(row[0]) if row is not None else None

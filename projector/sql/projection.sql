@@ -38,10 +38,11 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text
 
 -- name: ensure_checkpoint
--- The checkpoint row of the named projection. A new one starts where the shards of that
--- projection (rows `name/K-of-N`) all are (everything below their lowest position is projected),
--- else at 0; their rows are removed, so that no row nobody moves holds the views' position (the
--- lowest checkpoint) back.
+-- The checkpoint row of the named projection, made when it is missing. A new one starts where
+-- the shards of that projection (rows `name/K-of-N`) all are (everything below their lowest
+-- position is projected), else at 0; their rows are removed, so that no row nobody moves holds
+-- the views' position (the lowest checkpoint) back. (While the row exists there are no shard
+-- rows: making a shard set removes it.)
 WITH shards AS (
     DELETE FROM noetl.projector_checkpoint
     WHERE starts_with(name, %(name)s || '/') AND name ~ '/[0-9]+-of-[0-9]+$'
