@@ -368,6 +368,7 @@ async def rebuild(
             row = await cur.fetchone()
             if row is not None and row[0]:  # null: no event at all
                 bounds = [None, *row[0], None]
+        await conn.execute(query("projection.copy_settings"))
         await conn.execute(query("projection.clear_steps"))
         await conn.execute(query("projection.clear_executions"))
         steps_q: _Blocks = asyncio.Queue(maxsize=64)
@@ -448,6 +449,7 @@ async def _rebuild_part(
                 await psycopg.AsyncClientCursor(worker).execute(
                     query("projection.import_snapshot"), (snapshot,)
                 )
+                await worker.execute(query("projection.copy_settings"))
                 await worker.execute(query("projection.part_table"))
                 params = {"low": low, "high": high}
                 for statement, out in (

@@ -320,6 +320,37 @@ async def test_rebuild_split_between_workers_equals_the_fold(
     await assert_tables_equal_views(aconn, events)
 
 
+async def test_rebuild_rows_survive_the_callers_text_settings(
+    aconn: Conn, database_url: str
+) -> None:
+    # The workers' rows travel as COPY text: new sessions (the workers) write dates in the
+    # database's DateStyle, and the caller's session may read them with another DateStyle and
+    # another client encoding. Both ends of the copy use the same settings in the transaction.
+    error = "caf\u00e9 \u2603"
+    events = [
+        *trace("d1"),
+        ev("d2", 1, "playbook.started", "STARTED", "tests/pb"),
+        ev("d2", 2, "call.error", "FAILED", "a", context={"error": error}),
+    ]
+    await insert_events(aconn, events)
+    cur = await aconn.execute("SELECT current_database()")
+    row = await cur.fetchone()
+    assert row is not None
+    await aconn.execute(
+        sql.SQL("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'").format(sql.Identifier(row[0]))
+    )
+    conn = await connect(database_url)
+    try:
+        await conn.execute("SET DateStyle = 'ISO, MDY'")
+        await conn.execute("SET client_encoding = 'LATIN1'")
+        await conn.execute("SET TimeZone = 'Pacific/Kiritimati'")
+        await rebuild(conn, workers=2)
+    finally:
+        await conn.close()
+    assert (await read_steps(aconn, "noetl.step_state"))[("d2", "a")].error == error
+    await assert_tables_equal_views(aconn, events)
+
+
 async def test_rebuild_of_an_empty_log_empties_the_tables(aconn: Conn, database_url: str) -> None:
     # No event to take part bounds from: one part, no rows, the stale state rows gone.
     await aconn.execute(

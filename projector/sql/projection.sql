@@ -229,6 +229,14 @@ SELECT pg_export_snapshot()
 -- A rebuild worker's first statement (in a REPEATABLE READ transaction): the rebuild's snapshot.
 SET TRANSACTION SNAPSHOT %s
 
+-- name: copy_settings
+-- The text form of the rows the rebuild's workers stream to it (COPY text), the same at both ends
+-- for the rest of the transaction, whatever each session's own DateStyle, TimeZone or client
+-- encoding: the workers are new sessions with the database's defaults, the rebuild may run on a
+-- caller's session that changed them.
+SET LOCAL client_encoding = 'UTF8'; SET LOCAL DateStyle = 'ISO, MDY';
+SET LOCAL IntervalStyle = 'postgres'; SET LOCAL TimeZone = 'UTC'
+
 -- name: part_table
 -- A rebuild worker's steps, kept for its execution rows (a temporary table, dropped at commit).
 CREATE TEMPORARY TABLE rebuild_steps (LIKE noetl.step_state) ON COMMIT DROP
