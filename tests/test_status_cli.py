@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,10 +51,15 @@ async def test_status_plain_and_json(
 async def test_unknown_execution_exits_1(
     database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for argv in (["status", "nope"], ["history", "nope"]):
-        assert await run(argv, database_url) == 1
+    # Every command that reads one execution says so on the error boundary's one line.
+    from projector.cli import run as cli_run
+
+    for command in ("status", "history", "timeline", "watch"):
+        argv = ["--database-url", database_url, command, "nope"]
+        assert await asyncio.to_thread(cli_run, argv) == 1
         captured = capsys.readouterr()
-        assert "nope" in captured.err and captured.out == ""
+        assert captured.out == ""
+        assert captured.err == "projector: error: no events are stored for execution 'nope'\n"
 
 
 async def test_history_in_fold_order(

@@ -29,7 +29,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import readmodel
-from ..errors import UnknownExecution
 from ..fold import TERMINAL
 from ..projection import connect
 from ..readmodel import ExecutionStatus, StatusView, StepStatus, jsonable
@@ -272,22 +271,14 @@ async def print_status_tables(db: str, execution_ids: Sequence[str], console: Co
             _render_status(console, await readmodel.status_view(conn, execution_id))
 
 
-def _fail(exc: UnknownExecution) -> int:
-    output_console(stderr=True).print(f"error: {exc}", markup=False, highlight=False)
-    return 1
-
-
 def _print_json(doc: object) -> None:
     print(escape(json.dumps(doc, ensure_ascii=False, indent=2), newlines=True))
 
 
 async def status_command(args: argparse.Namespace, db: str) -> int:
     """`projector status EXECUTION_ID [--json]`."""
-    try:
-        async with await connect(db) as conn:
-            view = await readmodel.status_view(conn, args.execution_id)
-    except UnknownExecution as exc:
-        return _fail(exc)
+    async with await connect(db) as conn:
+        view = await readmodel.status_view(conn, args.execution_id)
     if args.json:
         _print_json(view.jsonable())
     else:
@@ -297,11 +288,8 @@ async def status_command(args: argparse.Namespace, db: str) -> int:
 
 async def history_command(args: argparse.Namespace, db: str) -> int:
     """`projector history EXECUTION_ID [--json] [--step S]`: the events in fold order."""
-    try:
-        async with await connect(db) as conn:
-            events = await readmodel.history(conn, args.execution_id, step=args.step)
-    except UnknownExecution as exc:
-        return _fail(exc)
+    async with await connect(db) as conn:
+        events = await readmodel.history(conn, args.execution_id, step=args.step)
     if args.json:
         _print_json([jsonable(e) for e in events])
         return 0

@@ -37,7 +37,7 @@ from rich.live import Live
 from .. import timeline as timeline_model
 from .. import timeline_render as render
 from ..channels import NOTIFY_CHANNEL
-from ..errors import ConfigurationError, UnknownExecution
+from ..errors import ConfigurationError
 from ..hosts import host_name
 from ..projection import connect
 from ..readmodel import jsonable
@@ -50,11 +50,6 @@ __all__ = ["register"]
 MAX_RELOADS_PER_SECOND = 4
 #: The width of the plain snapshots (output that is not a terminal).
 PLAIN_WIDTH = 120
-
-
-def _fail(exc: UnknownExecution) -> int:
-    print(f"projector: error: {escape(str(exc))}", file=sys.stderr)
-    return 1
 
 
 def _write(target: str, data: str | bytes) -> None:
@@ -83,11 +78,8 @@ async def timeline_command(args: argparse.Namespace, db: str) -> int:
     """`projector timeline EXECUTION_ID [--svg FILE | --html FILE | --png FILE | --json]`."""
     if args.png is not None:
         render.require_matplotlib()
-    try:
-        async with await connect(db) as conn:
-            tl = await timeline_model.load(conn, args.execution_id)
-    except UnknownExecution as exc:
-        return _fail(exc)
+    async with await connect(db) as conn:
+        tl = await timeline_model.load(conn, args.execution_id)
     if args.svg is not None:
         _write(args.svg, render.svg(tl))
     elif args.html is not None:
@@ -148,10 +140,7 @@ async def watch_command(args: argparse.Namespace, db: str) -> int:
     try:
         async with await connect(db) as conn, await connect(db) as listener:
             await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-            try:
-                tl = await timeline_model.load(conn, args.execution_id)
-            except UnknownExecution as exc:
-                return _fail(exc)
+            tl = await timeline_model.load(conn, args.execution_id)
             with _keys(loop, stop):
                 if console.is_terminal:
                     await _watch_live(args, conn, listener, tl, console, stop)
