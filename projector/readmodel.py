@@ -167,11 +167,14 @@ async def executions(
     status: str | None = None,
     limit: int = 20,
     stalled_for: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[ExecutionStatus]:
     """At most `limit` executions, newest (``started_at``) first, only those in `status` when
-    given (normalised like an event's: ``failed`` and ``error`` mean ``FAILED``), and with
+    given (normalised like an event's: ``failed`` and ``error`` mean ``FAILED``), with
     `stalled_for` only the executions that are not terminal and whose ``last_progress_at`` is
-    older than that.
+    older than that, and with `since` / `until` only those that started at or after `since`
+    and before `until`.
 
     Exact even before the projector has caught up: the newest rows of ``noetl.execution_state``
     and every execution with unprojected events, each recomputed from the log.
@@ -181,8 +184,11 @@ async def executions(
     if stalled_for is not None and stalled_for <= timedelta(0):
         raise ValueError("stalled_for must be more than 0")
     wanted = normalize_status(status, "") if status is not None else None
-    params = {"status": wanted, "limit": limit, "stalled": stalled_for}
-    return await _fetch(conn, ExecutionStatus, query("readmodel.executions"), params)
+    params: dict[str, object] = {"status": wanted, "limit": limit, "stalled": stalled_for}
+    if since is None and until is None:
+        return await _fetch(conn, ExecutionStatus, query("readmodel.executions"), params)
+    params |= {"since": since, "until": until}
+    return await _fetch(conn, ExecutionStatus, query("readmodel.executions_between"), params)
 
 
 @translating()

@@ -113,6 +113,17 @@ async def test_executions_newest_first_normalised_status_and_limit(
     assert [r.execution_id for r in await readmodel.executions(aconn, status="ok")] == ["old"]
     assert [r.execution_id for r in await readmodel.executions(aconn, limit=1)] == ["new"]
     assert await readmodel.executions(aconn, status="FAILED") == []
+    # A range of start times: at or after `since`, before `until` (the projected row and the
+    # one folded from the log alike).
+    new_start = T0 + timedelta(seconds=500)
+
+    async def between(**bounds: datetime) -> list[str]:
+        return [r.execution_id for r in await readmodel.executions(aconn, **bounds)]
+
+    assert await between(since=new_start) == ["new"]
+    assert await between(until=new_start) == ["old"]
+    assert await between(since=T0, until=new_start + timedelta(microseconds=1)) == ["new", "old"]
+    assert await between(since=new_start, until=new_start) == []
     with pytest.raises(ValueError, match="limit"):
         await readmodel.executions(aconn, limit=0)
 

@@ -66,7 +66,20 @@ async def test_the_api_has_the_shapes_of_the_commands(
             "error": "no events are stored for execution 'nope'"
         }
         status, body = await asyncio.to_thread(get, base + "/api/executions?stalled=soon")
-        assert status == 400 and "not a duration" in json.loads(body)["error"]
+        assert status == 400 and json.loads(body)["error"] == (
+            "stalled: 'soon' is not a duration (examples: 90s, 10m, 2h, 1d, 1h30m)"
+        )
+        status, body = await asyncio.to_thread(get, base + "/api/executions?stalled=0s")
+        assert status == 400 and json.loads(body)["error"] == (
+            "stalled: the duration must be more than 0"
+        )
+        for limit in ("0", "1001", "ten"):
+            status, body = await asyncio.to_thread(get, base + f"/api/executions?limit={limit}")
+            assert status == 400 and json.loads(body)["error"] == (
+                "limit: must be a whole number from 1 to 1000"
+            )
+        status, body = await asyncio.to_thread(get, base + "/api/executions?limit=1000")
+        assert status == 200
 
 
 async def test_the_pages(aconn: Conn, database_url: str) -> None:

@@ -12,7 +12,16 @@ from datetime import timedelta
 
 from ..health import parse_address
 
-__all__ = ["address", "age", "non_negative_int", "positive_int", "seconds", "seconds_or_zero"]
+__all__ = [
+    "address",
+    "age",
+    "duration",
+    "non_negative_int",
+    "parse_duration",
+    "positive_int",
+    "seconds",
+    "seconds_or_zero",
+]
 
 
 def _int(text: str) -> int:
@@ -82,3 +91,32 @@ def age(text: str) -> timedelta:
     if count < 1:
         raise argparse.ArgumentTypeError(f"must be more than 0 days, not {text}")
     return timedelta(days=count * (7 if unit == "w" else 1))
+
+
+_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
+#: The longest duration accepted (anything longer reaches before the first event stored).
+LONGEST_DURATION = timedelta(days=36_525)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``10m``, ``2h``, ``1d`` or a sum like ``1h30m``: more than 0, at most 100 years;
+    else :class:`ValueError` saying what a duration looks like (the web view's ``stalled``
+    filter uses it too)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration (examples: 90s, 10m, 2h, 1d, 1h30m)")
+    days, hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+    total = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs)
+    if total <= timedelta(0):
+        raise ValueError("the duration must be more than 0")
+    if total > LONGEST_DURATION:
+        raise ValueError("the duration must be at most 100 years")
+    return total
+
+
+def duration(text: str) -> timedelta:
+    """:func:`parse_duration` as an argument type."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

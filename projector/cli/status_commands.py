@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -32,6 +31,7 @@ from .. import readmodel
 from ..fold import TERMINAL
 from ..projection import connect
 from ..readmodel import ExecutionStatus, StatusView, StepStatus, jsonable
+from . import options
 from .safe import escape, markup, text
 
 __all__ = ["output_console", "print_status_tables", "register"]
@@ -310,34 +310,6 @@ async def executions_command(args: argparse.Namespace, db: str) -> int:
     return 0
 
 
-_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
-#: The longest --stalled accepted (anything longer reaches before the first event stored).
-_LONGEST = timedelta(days=36_525)
-
-
-def _duration_arg(text: str) -> timedelta:
-    """`90s`, `10m`, `2h`, `1d`, or a sum like `1h30m`: more than 0, at most 100 years."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None or not any(match.groups()):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration (examples: 90s, 10m, 2h, 1d, 1h30m)"
-        )
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    total = days * 86_400 + hours * 3_600 + minutes * 60 + seconds
-    if total <= 0:
-        raise argparse.ArgumentTypeError("the duration must be more than 0")
-    if total > _LONGEST.total_seconds():
-        raise argparse.ArgumentTypeError("the duration must be at most 100 years")
-    return timedelta(seconds=total)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `status`, `history` and `executions` to the command line."""
     p = subparsers.add_parser(
@@ -378,12 +350,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--status", default=None, help="only executions with this status")
     p.add_argument(
         "--stalled",
-        type=_duration_arg,
+        type=options.duration,
         default=None,
         metavar="DURATION",
         help="only executions that are not terminal and whose last progress (the last event "
         "that is not bookkeeping) is older than DURATION: 90s, 10m, 2h, 1d, 1h30m",
     )
-    p.add_argument("--limit", type=_positive, default=20, help="at most N rows (default 20)")
+    p.add_argument(
+        "--limit", type=options.positive_int, default=20, help="at most N rows (default 20)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=executions_command)

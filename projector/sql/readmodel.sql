@@ -49,6 +49,23 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY started_at DESC, execution_id COLLATE "C" DESC
 LIMIT %(limit)s
 
+-- name: executions_between
+-- `executions` of those that started at or after `since` and before `until` (either may be
+-- null). A statement of its own, so that `executions` without bounds keeps its plan (an index
+-- scan in started_at order that stops after `limit` rows).
+SELECT execution_id, status, started_at, finished_at, last_event_at, event_count, step_count,
+       steps_completed, steps_failed, steps_running, error, parent_execution_id, playbook,
+       last_progress_at, open_units, settled
+FROM noetl.execution_status
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s::timestamptz)
+  AND (%(stalled)s::interval IS NULL
+       OR (NOT noetl.is_terminal(status)
+           AND last_progress_at < now() - %(stalled)s::interval))
+ORDER BY started_at DESC, execution_id COLLATE "C" DESC
+LIMIT %(limit)s
+
 -- name: children
 -- The executions an execution started (their parent_execution_id names it), in the order they
 -- started. Exact like `executions`: the projected children by the parent_execution_id index, and

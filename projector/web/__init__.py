@@ -22,8 +22,8 @@ JSON API, the shapes of the commands' ``--json``: ``/api/executions`` (``project
 ``/api/executions/{id}/timeline`` (``projector timeline --json``). An unknown execution is 404,
 a bad filter 400 (JSON ``{"error": ...}`` on the API).
 
-Reads only: every statement is a SELECT of :mod:`projector.readmodel`, :mod:`projector.timeline`
-or ``projector/sql/web.sql``, on autocommit connections of a pool opened when the server starts.
+Reads only: every statement is a SELECT of :mod:`projector.readmodel` or
+:mod:`projector.timeline`, on autocommit connections of a pool opened when the server starts.
 Connect as a login in the ``noetl_reader`` role (README "Roles") so that the database enforces
 it. :func:`serve` binds to the address it is given; the command's default is loopback.
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -48,7 +47,6 @@ from typing import Any
 import jinja2
 import uvicorn
 from markupsafe import Markup
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -60,18 +58,17 @@ from starlette.routing import Route
 from .. import __version__, readmodel
 from .. import timeline as timeline_model
 from .. import timeline_render as render
+from ..cli.options import parse_duration
 from ..cli.safe import escape
 from ..errors import UnknownExecution
 from ..fold import STATUSES, normalize_status
 from ..hosts import LOOPBACK_NAMES, allowed_hosts
-from ..queries import query
-from ..readmodel import ExecutionStatus, jsonable
+from ..readmodel import jsonable
 from ..timeouts import PROJECTION_KWARGS
 
-__all__ = ["allowed_hosts", "create_app", "executions", "serve"]
+__all__ = ["allowed_hosts", "create_app", "serve"]
 
 
-_DURATION = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")
 _MAX_LIMIT = 1000
 
 
@@ -83,39 +80,11 @@ class BadPath(ValueError):
     """A path under /executions/ or /api/executions/ that names no page (answered 404)."""
 
 
-async def executions(
-    conn: readmodel.Conn,
-    *,
-    status: str | None = None,
-    limit: int = 50,
-    stalled_for: timedelta | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> list[ExecutionStatus]:
-    """:func:`projector.readmodel.executions` with a range of start times (query
-    ``web.executions``): newest first, exact before the projector has caught up."""
-    wanted = normalize_status(status, "") if status is not None else None
-    params = {
-        "status": wanted,
-        "limit": limit,
-        "stalled": stalled_for,
-        "since": since,
-        "until": until,
-    }
-    async with conn.cursor(row_factory=class_row(ExecutionStatus)) as cur:
-        await cur.execute(query("web.executions"), params)
-        return await cur.fetchall()
-
-
 def _duration(value: str) -> timedelta:
-    match = _DURATION.fullmatch(value.strip())
-    if match is None or not any(match.groups()):
-        raise BadFilter(f"stalled: {value!r} is not a duration (examples: 90s, 10m, 2h, 1d)")
-    days, hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
-    total = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs)
-    if total <= timedelta(0) or total > timedelta(days=36_525):
-        raise BadFilter("stalled: the duration must be more than 0 and at most 100 years")
-    return total
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadFilter(f"stalled: {exc}") from None
 
 
 def _instant(name: str, value: str) -> datetime:
@@ -307,7 +276,7 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
         except BadFilter as exc:
             return page("executions.html", 400, rows=[], filters=_given(request), error=str(exc))
         async with pool.connection() as conn:
-            rows = await executions(conn, **values)
+            rows = await readmodel.executions(conn, **values)
         return page("executions.html", rows=rows, filters=given, error=None)
 
     async def execution_page(request: Request) -> Response:
@@ -345,7 +314,7 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
     async def api_executions(request: Request) -> Response:
         _, values = _filters(request)
         async with pool.connection() as conn:
-            rows = await executions(conn, **values)
+            rows = await readmodel.executions(conn, **values)
         return JSONResponse([jsonable(r) for r in rows])
 
     async def api_status(request: Request) -> Response:
