@@ -284,3 +284,14 @@ async def test_ids_that_look_like_paths_open_their_own_pages(
         # Routed on the decoded path, but the raw one is not under /api/executions/.
         status, body = await asyncio.to_thread(get, base + "/api/executions%2Frun")
         assert status == 404
+
+
+async def test_web_sessions_are_read_only_whatever_the_role(database_url: str) -> None:
+    # The URL here names the superuser: the database itself refuses the write.
+    from projector.web import SESSION_KWARGS
+
+    async with await psycopg.AsyncConnection.connect(database_url, **SESSION_KWARGS) as conn:
+        cur = await conn.execute("SELECT count(*) FROM noetl.event")
+        assert await cur.fetchone() == (0,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            await conn.execute("DELETE FROM noetl.event")

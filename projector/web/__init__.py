@@ -42,7 +42,7 @@ import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 import uvicorn
@@ -208,6 +208,14 @@ def _signature(tl: timeline_model.Timeline) -> str:
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: The pool's connections: autocommit, read-only sessions (whatever role the URL names, the web
+#: view cannot write).
+SESSION_KWARGS: Final[dict[str, Any]] = {
+    "autocommit": True,
+    **PROJECTION_KWARGS,
+    "options": f"{PROJECTION_KWARGS['options']} -c default_transaction_read_only=on",
+}
+
 
 def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_NAMES) -> Starlette:
     """The web application reading the database at `url` (its pool opens on startup).
@@ -220,12 +228,7 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
         url,
         min_size=1,
         max_size=pool_size,
-        # Read-only sessions: whatever role the URL names, the web view cannot write.
-        kwargs={
-            "autocommit": True,
-            **PROJECTION_KWARGS,
-            "options": f"{PROJECTION_KWARGS['options']} -c default_transaction_read_only=on",
-        },
+        kwargs=SESSION_KWARGS,
         open=False,
     )
 
