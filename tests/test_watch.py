@@ -3,7 +3,9 @@ not a terminal, exits 0 when the execution is terminal."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import itertools
 import os
 import pty
 import select
@@ -13,10 +15,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from projector.envelope import ExecutorEvent
 from projector.pgsink import PostgresEventSink
+from tests.eventlog import insert_events
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -90,6 +94,70 @@ async def test_watch_redraws_on_events_and_exits_when_terminal(database_url: str
         err = await proc.stderr.read()
         assert code == 0, err
         assert await proc.stdout.read() == b""  # nothing after the terminal snapshot
+
+
+async def test_watch_polls_when_no_notify_comes(database_url: str) -> None:
+    # Rows written without the sink (no NOTIFY, as from a restore or another writer) are seen
+    # by the polling fallback, every --interval seconds.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await insert_events(conn, [event(0, "step.enter", "load", "RUNNING")])
+        proc = await start_watch(database_url, "--interval", "0.2")
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            first = await read_snapshot(proc.stdout)
+            assert "load" in first and "save" not in first
+            await insert_events(conn, [event(1, "step.enter", "save", "RUNNING")])
+            while "save" not in (snapshot := await read_snapshot(proc.stdout)):
+                pass
+            assert any(line.startswith("save ") for line in snapshot.splitlines())
+            await insert_events(conn, [event(2, "playbook.completed", "", "COMPLETED")])
+            code = await asyncio.wait_for(proc.wait(), timeout=60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert code == 0, await proc.stderr.read()
+
+
+async def test_reloads_are_at_most_four_a_second_however_often_it_is_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock of its own: every wake-up comes at once (a burst of NOTIFYs), and the loop sleeps
+    # what is left of its quarter second before each reload; no real time is measured.
+    from projector.cli import view_commands
+
+    now = [1000.0]
+    loads: list[float] = []
+
+    async def no_wait(listener: object, interval: float, stop: asyncio.Event) -> None:
+        now[0] += 0.01
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    class Execution:
+        execution_id = "watched"
+
+    class Tl:
+        terminal = False
+        execution = Execution()
+
+    async def load(conn: object, execution_id: str) -> Tl:
+        loads.append(now[0])
+        return Tl()
+
+    monkeypatch.setattr(view_commands.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(view_commands, "_wake", no_wait)
+    monkeypatch.setattr(view_commands.asyncio, "sleep", sleep)
+    monkeypatch.setattr(view_commands.timeline_model, "load", load)
+    args = argparse.Namespace(follow=True, interval=1.0)
+    changes = view_commands._changes(args, None, None, Tl(), asyncio.Event())  # type: ignore[arg-type]
+    for _ in range(20):
+        await anext(changes)
+    await changes.aclose()
+    gaps = [b - a for a, b in itertools.pairwise(loads)]
+    assert len(loads) == 20 and min(gaps) >= 1 / view_commands.MAX_RELOADS_PER_SECOND - 1e-9
+    assert view_commands.MAX_RELOADS_PER_SECOND == 4
 
 
 async def test_watch_of_a_terminal_execution_prints_once_and_exits(database_url: str) -> None:
