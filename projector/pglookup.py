@@ -76,6 +76,7 @@ class _Forms(NamedTuple):
     array: LiteralString
 
 
+_START = query("sink.start")
 _BEGIN = query("sink.begin")
 _BEGIN_NOTIFY = query("sink.begin_notify")
 _RANGES = _Forms(query("sink.ranges_joined"), query("sink.ranges_array"))
@@ -177,9 +178,15 @@ def _ranges_query(keys: list[Key]) -> tuple[LiteralString, tuple[Any, ...]]:
 
 
 async def begin(cur: Cursor, ranges: Cursor, plan: Plan) -> str:
-    """Start the transaction on `cur`'s connection (not in autocommit): take the locks, queue the
-    NOTIFY and send the range lookup on `ranges`, in one round trip; the transaction id."""
+    """Start the transaction on `cur`'s idle connection: take the locks, queue the NOTIFY and send
+    the range lookup on `ranges`, in one round trip; the transaction id.
+
+    On an autocommit connection (the sink's) the BEGIN is sent here, in the same pipeline; on
+    another one psycopg sends its own, and waits for it (a pipeline syncs after a BEGIN psycopg
+    sends): one round trip more."""
     async with cur.connection.pipeline():
+        if cur.connection.autocommit:
+            await cur.execute(_START)
         if plan.ranges is not None:
             await cur.execute(_BEGIN_NOTIFY, (SINK_LOCK_CLASS, plan.buckets, NOTIFY_CHANNEL))
             await ranges.execute(*plan.ranges, binary=True, prepare=True)

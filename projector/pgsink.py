@@ -171,6 +171,9 @@ class PostgresEventSink:
             kwargs={
                 **session_kwargs(lock_timeout=lock_timeout),
                 "application_name": application_name,
+                # The write transaction sends its own BEGIN with its first statements (see
+                # `pglookup.begin`); leaving the connection block commits it, or rolls it back.
+                "autocommit": True,
             },
             configure=self._configure,
             # No check on checkout: a connection that broke while idle fails its first statement,
