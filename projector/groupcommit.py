@@ -115,9 +115,7 @@ class GroupCommit:
 
     async def close(self) -> None:
         """Write what callers are waiting for, then stop the flushers."""
-        while (
-            self._unfinished or self._reserved or any(not w.done() for w in self._blocked)
-        ):
+        while self._unfinished or self._reserved or any(not w.done() for w in self._blocked):
             self._drained = self._loop.create_future()
             await self._drained
         for task in self._flushers:

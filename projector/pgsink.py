@@ -127,13 +127,14 @@ class PostgresEventSink:
     `flushers` concurrent group-commit flushes (default 2); `flush_lanes` transactions one flush
     is split into, side by side (default 1: a transaction costs the client CPU whatever its
     size; with 200 callers, two lanes of 100 events took 22-26 us of client CPU an event against
-    14-18 for one transaction of 200, at about 0.6x its rate, on 2 shared cores); `lanes` concurrent transactions per `emit_many`
-    call (default 1: on 2 cores a second lane measured ~10 % slower; events are split between
-    lanes by execution id so they never wait on each other's locks); `retry_for` seconds of
-    retrying a transient failure before raising `DatabaseUnavailable` (default 60);
-    `connect_timeout` seconds to wait for a connection (default 10; a ``connect_timeout`` in the
-    URL wins); `lock_timeout` seconds one lock wait may last before the attempt is retried
-    (default :data:`~projector.timeouts.SINK_LOCK_TIMEOUT`, 5; 0: no limit).
+    14-18 for one transaction of 200, at about 0.6x its rate, on 2 shared cores); `lanes`
+    concurrent transactions per `emit_many` call (default 1: on 2 cores a second lane measured
+    ~10 % slower; events are split between lanes by execution id so they never wait on each
+    other's locks); `retry_for` seconds of retrying a transient failure before raising
+    `DatabaseUnavailable` (default 60); `connect_timeout` seconds to wait for a connection
+    (default 10; a ``connect_timeout`` in the URL wins); `lock_timeout` seconds one lock wait
+    may last before the attempt is retried (default :data:`~projector.timeouts.SINK_LOCK_TIMEOUT`,
+    5; 0: no limit).
     """
 
     def __init__(
