@@ -4,8 +4,9 @@ One transaction of `PostgresEventSink` sends, in this order (the texts are the `
 queries of ``projector/sql/sink.sql``):
 
 1. :func:`begin`: the transaction id, the advisory locks on the batch's lock buckets (see
-   :func:`lock_bucket`) and the projectors' NOTIFY, pipelined with the implicit BEGIN and with
-   the range lookup that :func:`plan` chose, in one round trip.
+   :func:`lock_bucket`) and the projectors' NOTIFY, pipelined with the BEGIN (which `begin`
+   sends itself on the sink's autocommit sessions) and with the range lookup that :func:`plan`
+   chose, in one round trip.
 2. :func:`read_ranges`: the stored rows of the batch's keys, as :class:`~projector.batch.StoredRow`
    s, from one range scan per execution, and from :func:`probe_keys` (key by key, windowed to the
    batch's months when there are many) for the executions whose range is too dense to be read whole.
