@@ -7,11 +7,17 @@ them (`EventConflict`, `InvalidEnvelope`, `DatabaseUnavailable`). Each caller le
 outcome: when one of a flush's transactions fails, the callers whose events another one committed
 still succeed, and an event the database refuses fails its own caller only (the sink bisects to
 it). The queue is bounded, so a slow database slows callers down instead of growing memory.
+
+The queue is a deque with its own waiters rather than an `asyncio.Queue`: a caller that finds
+room pays for one future and an append (no coroutine of its own, no task accounting), a flusher
+takes its whole batch in one step, and callers waiting for room are let in first come, first
+served, as many as the flusher's batch freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from . import batch
@@ -34,7 +40,16 @@ class GroupCommit:
     def __init__(self, write: Write, *, batch_size: int, max_pending: int, flushers: int) -> None:
         self._write = write
         self._batch_size = batch_size
-        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue(maxsize=max_pending)
+        self._max_pending = max_pending
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[_Waiting] = deque()
+        #: Flushers waiting for an event, each on its own future.
+        self._idle: deque[asyncio.Future[None]] = deque()
+        #: Callers waiting for room in the queue, in arrival order.
+        self._blocked: deque[asyncio.Future[None]] = deque()
+        self._reserved = 0  # callers let in whose event is not queued yet
+        self._unfinished = 0  # events queued or being written
+        self._drained: asyncio.Future[None] | None = None  # what `close` waits on
         self._flushers = [
             asyncio.create_task(self._flush_loop(), name=f"noetl-sink-flusher-{i}")
             for i in range(flushers)
@@ -43,32 +58,91 @@ class GroupCommit:
     @property
     def queued(self) -> int:
         """Events waiting to be written (at most `max_pending`)."""
-        return self._queue.qsize()
+        return len(self._queue)
 
-    async def emit(self, event: ExecutorEvent) -> Outcome:
-        """Queue `event` (waiting while the queue is full) and return its outcome once committed."""
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put((event, future))  # waits when the queue is full: backpressure
-        return await future
+    def emit(self, event: ExecutorEvent) -> Awaitable[Outcome]:
+        """Queue `event` and return what to await for its outcome once committed. With the
+        queue full (or callers already waiting for room) the awaitable first waits for room:
+        backpressure."""
+        if self._blocked or len(self._queue) + self._reserved >= self._max_pending:
+            return self._emit_when_room(event)
+        return self._enqueue(event)
+
+    def _enqueue(self, event: ExecutorEvent) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        self._queue.append((event, future))
+        self._unfinished += 1
+        idle = self._idle
+        while idle:  # wake one waiting flusher (a flusher cancelled by close is skipped)
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        return future
+
+    async def _emit_when_room(self, event: ExecutorEvent) -> Outcome:
+        room: asyncio.Future[None] = self._loop.create_future()
+        self._blocked.append(room)
+        self._admit()  # at once if there is room (the callers ahead may have been cancelled)
+        try:
+            await room
+        except BaseException:
+            if room.done() and not room.cancelled():  # let in, then cancelled: pass it on
+                self._reserved -= 1
+                self._admit()
+                self._wake_closer()
+            else:
+                room.cancel()  # skipped by `_admit`
+            raise
+        self._reserved -= 1
+        return await self._enqueue(event)
+
+    def _admit(self) -> None:
+        """Let in as many waiting callers as there is room for, first come first served."""
+        blocked = self._blocked
+        room = self._max_pending - len(self._queue) - self._reserved
+        while room > 0 and blocked:
+            waiter = blocked.popleft()
+            if waiter.done():  # its caller was cancelled
+                continue
+            waiter.set_result(None)
+            self._reserved += 1
+            room -= 1
+
+    def _wake_closer(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     async def close(self) -> None:
         """Write what callers are waiting for, then stop the flushers."""
-        await self._queue.join()
+        while self._unfinished or self._reserved or any(not w.done() for w in self._blocked):
+            self._drained = self._loop.create_future()
+            await self._drained
         for task in self._flushers:
             task.cancel()
         await asyncio.gather(*self._flushers, return_exceptions=True)
 
     async def _flush_loop(self) -> None:
-        queue = self._queue
+        queue, batch_size = self._queue, self._batch_size
         while True:
-            queued = [await queue.get()]
-            while len(queued) < self._batch_size and not queue.empty():
-                queued.append(queue.get_nowait())
+            if not queue:
+                waiter: asyncio.Future[None] = self._loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                continue
+            if len(queue) <= batch_size:  # the usual case: everything queued, in one step
+                queued = list(queue)
+                queue.clear()
+            else:
+                queued = [queue.popleft() for _ in range(batch_size)]
+            if self._blocked:
+                self._admit()
             try:
                 await self._flush(queued)
             finally:
-                for _ in queued:
-                    queue.task_done()
+                self._unfinished -= len(queued)
+                if not self._unfinished:
+                    self._wake_closer()
 
     async def _flush(self, queued: list[_Waiting]) -> None:
         # Validated already, but an envelope built without validation may hold what JSON cannot
@@ -96,14 +170,15 @@ class GroupCommit:
 def _settle(queued: list[_Waiting], state: Outcomes, error: ProjectorError | None) -> None:
     """Give each waiting caller its outcome in `state`; `error` to those whose event was not
     written."""
+    outcomes = state.outcomes
     for i, (event, future) in enumerate(queued):
         if future.done():  # the caller was cancelled
             continue
-        outcome = state.outcomes[i]
-        if outcome == "conflict":
-            future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
-        elif outcome == "inserted" or outcome == "duplicate":
+        outcome = outcomes[i]
+        if outcome == "inserted" or outcome == "duplicate":
             future.set_result(outcome)
+        elif outcome == "conflict":
+            future.set_exception(EventConflict(event.execution_id, event.resolved_event_id()))
         elif outcome == "rejected":
             future.set_exception(InvalidEnvelope(state.reasons.get(i, "not stored")))
         else:

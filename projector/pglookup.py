@@ -4,8 +4,9 @@ One transaction of `PostgresEventSink` sends, in this order (the texts are the `
 queries of ``projector/sql/sink.sql``):
 
 1. :func:`begin`: the transaction id, the advisory locks on the batch's lock buckets (see
-   :func:`lock_bucket`) and the projectors' NOTIFY, pipelined with the implicit BEGIN and with
-   the range lookup that :func:`plan` chose, in one round trip.
+   :func:`lock_bucket`) and the projectors' NOTIFY, pipelined with the BEGIN (which `begin`
+   sends itself on the sink's autocommit sessions) and with the range lookup that :func:`plan`
+   chose, in one round trip.
 2. :func:`read_ranges`: the stored rows of the batch's keys, as :class:`~projector.batch.StoredRow`
    s, from one range scan per execution, and from :func:`probe_keys` (key by key, windowed to the
    batch's months when there are many) for the executions whose range is too dense to be read whole.
@@ -76,6 +77,7 @@ class _Forms(NamedTuple):
     array: LiteralString
 
 
+_START = query("sink.start")
 _BEGIN = query("sink.begin")
 _BEGIN_NOTIFY = query("sink.begin_notify")
 _RANGES = _Forms(query("sink.ranges_joined"), query("sink.ranges_array"))
@@ -177,9 +179,15 @@ def _ranges_query(keys: list[Key]) -> tuple[LiteralString, tuple[Any, ...]]:
 
 
 async def begin(cur: Cursor, ranges: Cursor, plan: Plan) -> str:
-    """Start the transaction on `cur`'s connection (not in autocommit): take the locks, queue the
-    NOTIFY and send the range lookup on `ranges`, in one round trip; the transaction id."""
+    """Start the transaction on `cur`'s idle connection: take the locks, queue the NOTIFY and send
+    the range lookup on `ranges`, in one round trip; the transaction id.
+
+    On an autocommit connection (the sink's) the BEGIN is sent here, in the same pipeline; on
+    another one psycopg sends its own, and waits for it (a pipeline syncs after a BEGIN psycopg
+    sends): one round trip more."""
     async with cur.connection.pipeline():
+        if cur.connection.autocommit:
+            await cur.execute(_START)
         if plan.ranges is not None:
             await cur.execute(_BEGIN_NOTIFY, (SINK_LOCK_CLASS, plan.buckets, NOTIFY_CHANNEL))
             await ranges.execute(*plan.ranges, binary=True, prepare=True)

@@ -14,9 +14,9 @@ from projector.queries import _parse, all_queries, query
 
 PACKAGE = Path(__file__).resolve().parent.parent / "projector"
 _USE = re.compile(r"""\bquery\(\s*["']([a-z0-9_.]+)["']\s*\)""")
-# Statements PREPARE cannot take (COPY, SET, CREATE; several statements in one text); checked by
-# their tests.
-_NOT_PREPARABLE = re.compile(r"^\s*(COPY\b|SET\b|CREATE\b)|;", re.I)
+# Statements PREPARE cannot take (COPY, SET, CREATE, BEGIN; several statements in one text);
+# checked by their tests.
+_NOT_PREPARABLE = re.compile(r"^\s*(COPY\b|SET\b|CREATE\b|BEGIN\b)|;", re.I)
 
 
 def used_names() -> set[str]:

@@ -10,6 +10,12 @@
 -- Whether noetl.event exists (checked once, when the sink opens).
 SELECT to_regclass('noetl.event') IS NOT NULL
 
+-- name: start
+-- The write transaction's explicit BEGIN (the sink's sessions are in autocommit), pipelined with
+-- `begin` or `begin_notify` and the range lookup: psycopg would sync after the BEGIN it sends
+-- itself, a round trip of its own.
+BEGIN
+
 -- name: begin
 -- The transaction id (to recognise our own rows after a lost COMMIT) and the advisory locks
 -- (SINK_LOCK_CLASS, bucket) on the batch's lock buckets, taken in sorted order so that writers
