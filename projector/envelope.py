@@ -694,14 +694,15 @@ def canonical_values(
             return None, None
     if type(d) is not dict or not _CANONICAL.issuperset(d):
         return None, d
-    execution_id = d.get("execution_id")
-    event_type = d.get("event_type")
-    event_id = d.get("event_id")
-    step = d.get("step")
-    status = d.get("status")
-    worker_id = d.get("worker_id")
-    meta = d.get("meta")
-    created_at = d.get("created_at")
+    get = d.get
+    execution_id = get("execution_id")
+    event_type = get("event_type")
+    event_id = get("event_id")
+    step = get("step")
+    status = get("status")
+    worker_id = get("worker_id")
+    meta = get("meta")
+    created_at = get("created_at")
     if type(execution_id) is int:
         execution_id = IntegerId(execution_id)
     elif execution_id is None and expected is not None:
@@ -723,7 +724,7 @@ def canonical_values(
         or _CANONICAL_TIMESTAMP.fullmatch(created_at) is None
     ):
         return None, d
-    context = d.get("context", {})
+    context = get("context", {})
     # Otherwise, text that serialises back exactly (pydantic's parser read it) holds no
     # duplicate key, and without a `null` it holds nothing `_storable` would refuse: one
     # serialisation settles both. Otherwise, what `_storable` checks (numbers out of float
