@@ -2,7 +2,9 @@
 
 :func:`prepare` validates and serialises the caller's items: each valid one becomes a
 :class:`Pending` row (:func:`encode`: its COPY row, JSON serialised once, and its
-:func:`content_hash`), each invalid one (whatever validating it raised) a :class:`RejectedItem`
+:func:`content_hash`; a raw envelope in the sinks' canonical form with an event id goes through
+:func:`encode_raw`, which builds the same row from the checked field values without the
+`ExecutorEvent`), each invalid one (whatever validating it raised) a :class:`RejectedItem`
 for ``noetl.event_rejected``, whose :meth:`~RejectedItem.columns` are storable whatever the input
 held: at most :data:`REJECTED_PREFIX_BYTES` of it, with its length and SHA-256. Once the write
 transaction (``projector.pglookup``) has found which keys are stored already, as :class:`StoredRow`
