@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import orjson
 from pydantic import ValidationError
@@ -256,7 +256,10 @@ class Pending(NamedTuple):
     def envelope(self) -> ExecutorEvent:
         """The envelope (read from the raw JSON again when the row was built without it)."""
         event = self.event
-        return event if isinstance(event, ExecutorEvent) else ExecutorEvent.parse_json(event)
+        # type() is, not isinstance: pydantic's metaclass makes isinstance cost a microsecond.
+        if type(event) is bytes:
+            return ExecutorEvent.parse_json(event)
+        return cast(ExecutorEvent, event)
 
     @property
     def created_at(self) -> datetime:

@@ -155,7 +155,8 @@ def _parser_supported(ps: Any) -> bool:
 
 
 #: A ``MSG <subject> <sid> [reply] <size>`` control line with single spaces (anything else, such as
-#: other white space, is left to nats-py's parser, whose expression accepts all of these).
+#: other white space or ``HMSG``, takes the split path of `_fast_parse`, and what that refuses goes
+#: to nats-py's parser).
 _MSG_LINE = re.compile(rb"MSG ([^ \t\r\n]+) ([0-9]+) (?:([^ \t\r\n]+) )?([0-9]+)\r\n")
 
 
@@ -167,8 +168,9 @@ def _fast_parse(
     ps: Any, handlers: dict[int, Handler], original: Callable[[bytes], Awaitable[None]]
 ) -> Callable[[bytes], Awaitable[None]]:
     """The replacement of the parser's ``parse(data)``: the complete ``MSG`` and ``HMSG`` frames
-    of tapped subscriptions at the front of what was read go straight to their handler (a split,
-    two integers and a slice each, no regular expression, buffer deletion or coroutine); from the
+    of tapped subscriptions at the front of what was read go straight to their handler (one
+    regular-expression match for a plain ``MSG`` line, else a split; two integers and a slice
+    each, no buffer deletion or coroutine); from the
     first frame that is anything else (``PING``, ``INFO``, another subscription's
     message, a frame cut by the end of the read, unusual spacing) the rest goes to nats-py's own
     parser, in order. While nats-py's parser is in the middle of a frame, it gets exactly the
