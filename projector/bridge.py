@@ -64,8 +64,8 @@ from .jetstream import (
     require_stream,
     translate_nats,
 )
-from .jsonstream import Piece, Position, split
-from .jspull import ACK, PROGRESS, TERM, PullConsumer, Pulled, ack_info, nak_payload
+from .jsonstream import ENVELOPE_START, Piece, Position, split
+from .jspull import ACK, PROGRESS, TERM, PullConsumer, Pulled, ack_positions, nak_payload
 from .pgsink import PostgresEventSink, RawEnvelope
 
 __all__ = ["BatchObserver", "Bridge", "BridgeConfig", "BridgeStats"]
@@ -385,19 +385,16 @@ class Bridge:
         append = items.append
         #: The index of the message each item came from, when some message held several.
         owners: list[int] | None = None
-        redelivered = 0
-        pending: int | None = None
-        for m, (subject, reply, data) in enumerate(msgs):
-            try:
-                delivered, sequence, pending = ack_info(reply)
-            except ValueError:  # not from JetStream's pull API: still stored, no position
-                sequence = None
-            else:
-                if delivered > 1:
-                    redelivered += 1
-            # A subject is any bytes but white space, not always UTF-8: kept with \x escapes.
-            source = "nats:" + subject.decode("utf-8", "backslashreplace")
-            parts = split(data)
+        # A reply subject that is not from JetStream's pull API: still stored, no position.
+        sequences, redelivered, pending = ack_positions(msgs)
+        sources: dict[bytes, str] = {}  # (a batch holds a few subjects, many times each)
+        for m, (subject, _, data) in enumerate(msgs):
+            sequence = sequences[m]
+            source = sources.get(subject)
+            if source is None:
+                # A subject is any bytes but white space, not always UTF-8: kept with \x escapes.
+                source = sources[subject] = "nats:" + subject.decode("utf-8", "backslashreplace")
+            parts = None if data.startswith(ENVELOPE_START) else split(data)
             if parts is None:
                 append(_raw_envelope(data, source, sequence))
                 if owners is not None:

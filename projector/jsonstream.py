@@ -34,7 +34,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
 
-__all__ = ["CHUNK_BYTES", "MAX_ITEM_BYTES", "PREFIX_BYTES", "Piece", "Position", "pieces", "split"]
+__all__ = [
+    "CHUNK_BYTES",
+    "ENVELOPE_START",
+    "MAX_ITEM_BYTES",
+    "PREFIX_BYTES",
+    "Piece",
+    "Position",
+    "pieces",
+    "split",
+]
 
 #: The longest line or element read as an envelope (16 MiB); longer ones are rejected.
 MAX_ITEM_BYTES = 16 << 20
@@ -383,12 +392,16 @@ def _document(src: _Source) -> Iterator[Piece]:
             return
 
 
+#: How an envelope in the sinks' and the Rust crate's field order starts: never a wrapper.
+ENVELOPE_START = b'{"execution_id"'
+
+
 def split(data: bytes) -> list[bytes] | None:
     """The envelopes of one wrapper object in `data` (a line, a NATS message), as exact bytes;
     None when `data` is not a wrapper (an envelope, or anything else)."""
     # Cheap answers first (this runs once per NATS message): an object whose first key is an
     # envelope's is not a wrapper, nor is one that names no wrapper key anywhere.
-    if data.startswith(b'{"execution_id"'):  # the sinks' and the Rust crate's field order
+    if data.startswith(ENVELOPE_START):
         return None
     first = _FIRST_KEY.match(data)
     if first is None or first.group(1) in _ENVELOPE_KEYS:

@@ -13,7 +13,8 @@ status for an older request number is ignored, so a late 408 cannot cut a later 
 Every data message that arrives is kept, whichever request it answers, and handed out by the next
 `fetch`: nothing the server delivered is dropped (a message that arrives after its fetch gave up
 is returned by the following one). A message is a plain tuple ``(subject, reply, data)`` of
-bytes; :func:`ack_info` reads the reply subject once with one split.
+bytes; :func:`ack_info` reads the reply subject once with one split (:func:`ack_positions` reads
+a whole batch's in one call).
 
 The inbox is a :func:`projector.natswire.tap`: on a connection that supports the fast paths
 (nats-py 2.x) its messages are taken off the protocol parser before nats-py parses headers, builds
@@ -34,7 +35,7 @@ from typing import Any
 
 from . import natswire
 
-__all__ = ["PullConsumer", "Pulled", "ack_info", "nak_payload"]
+__all__ = ["PullConsumer", "Pulled", "ack_info", "ack_positions", "nak_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,35 @@ def ack_info(reply: bytes) -> tuple[int, int, int]:
     if len(t) >= 11:
         return int(t[6]), int(t[7]), int(t[10])
     raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
+def ack_positions(msgs: Sequence[Pulled]) -> tuple[list[int | None], int, int | None]:
+    """For a batch: each message's stream sequence (None when its reply subject is not
+    JetStream's: `ack_info` refuses it), how many were delivered more than once, and the
+    pending count of the last message that has one; what `ack_info` reads, in one loop."""
+    sequences: list[int | None] = []
+    append = sequences.append
+    redelivered = 0
+    pending: int | None = None
+    for _, reply, _ in msgs:
+        t = reply.split(b".")
+        n = len(t)
+        try:
+            if n == 9:
+                delivered, sequence, last = t[4], int(t[5]), int(t[8])
+            elif n >= 11:
+                delivered, sequence, last = t[6], int(t[7]), int(t[10])
+            else:
+                append(None)
+                continue
+            if delivered != b"1" and int(delivered) > 1:
+                redelivered += 1
+        except ValueError:
+            append(None)
+            continue
+        append(sequence)
+        pending = last
+    return sequences, redelivered, pending
 
 
 class PullConsumer:

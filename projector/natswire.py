@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 import weakref
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -153,18 +154,30 @@ def _parser_supported(ps: Any) -> bool:
     )
 
 
+#: A ``MSG <subject> <sid> [reply] <size>`` control line with single spaces (anything else, such as
+#: other white space or ``HMSG``, takes the split path of `_fast_parse`, and what that refuses goes
+#: to nats-py's parser).
+_MSG_LINE = re.compile(rb"MSG ([^ \t\r\n]+) ([0-9]+) (?:([^ \t\r\n]+) )?([0-9]+)\r\n")
+
+
+def _no_handler(subject: bytes, reply: bytes, data: bytes, status: Status | None) -> None:
+    """Never called: `_fast_parse`'s handler before the first message."""
+
+
 def _fast_parse(
     ps: Any, handlers: dict[int, Handler], original: Callable[[bytes], Awaitable[None]]
 ) -> Callable[[bytes], Awaitable[None]]:
     """The replacement of the parser's ``parse(data)``: the complete ``MSG`` and ``HMSG`` frames
-    of tapped subscriptions at the front of what was read go straight to their handler (a split,
-    two integers and a slice each, no regular expression, buffer deletion or coroutine); from the
+    of tapped subscriptions at the front of what was read go straight to their handler (one
+    regular-expression match for a plain ``MSG`` line, else a split; two integers and a slice
+    each, no buffer deletion or coroutine); from the
     first frame that is anything else (``PING``, ``INFO``, another subscription's
     message, a frame cut by the end of the read, unusual spacing) the rest goes to nats-py's own
     parser, in order. While nats-py's parser is in the middle of a frame, it gets exactly the
     bytes that complete it first."""
     get = handlers.get
     prefix = _STATUS_PREFIX
+    match_msg = _MSG_LINE.match
     assert _nats_parser is not None  # installed only when _parser_supported() holds
     control = _nats_parser.AWAITING_CONTROL_LINE
 
@@ -185,7 +198,25 @@ def _fast_parse(
             buf.clear()
         n = len(data)
         pos = 0
+        # One subscription's messages, mostly: its handler is looked up once (no sid is empty).
+        last_sid = b""
+        last: Handler = _no_handler
         while True:
+            line = match_msg(data, pos)
+            if line is not None:  # MSG without headers, the common frame: one C call
+                subject, sid, reply, size = line.groups()
+                if sid != last_sid:
+                    found = get(int(sid))
+                    if found is None:
+                        break
+                    last_sid, last = sid, found
+                start = line.end()
+                end = start + int(size)
+                if end + 2 > n:
+                    break
+                last(subject, b"" if reply is None else reply, data[start:end], None)
+                pos = end + 2
+                continue
             if data.startswith(b"MSG ", pos):
                 headed = False
             elif data.startswith(b"HMSG ", pos):

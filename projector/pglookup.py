@@ -221,7 +221,7 @@ async def read_ranges(ranges: Cursor, first: dict[Key, Pending]) -> dict[Key, St
     dense = {x for x, count in seen.items() if count >= _range_limit(keys[x])}
     if dense:
         probe = [k for k in first if k[0] in dense]
-        times = [first[k].event.created_at for k in probe]
+        times = [first[k].created_at for k in probe]
         stored.update(await probe_keys(ranges, probe, times))
     return stored
 

@@ -3,7 +3,9 @@
 How one batch is written (one transaction, retried as a whole):
 
 1. Envelopes are validated and serialised (JSON once, for COPY and for the content hash:
-   :func:`projector.batch.prepare`); the ones that fail, whatever they raise, go to
+   :func:`projector.batch.prepare`; raw JSON in the sinks' own form becomes a row without an
+   `ExecutorEvent` in between, :func:`projector.batch.encode_raw`); the ones that fail, whatever
+   they raise, go to
    `noetl.event_rejected` with their position and reason, and the rest of the batch is stored.
 2. Transaction-level advisory locks are taken on the batch's execution ids (hashed into
    :data:`LOCK_BUCKETS` buckets, in sorted order, so writers never deadlock). Every writer takes

@@ -10,7 +10,7 @@ import pytest
 from nats.js import api
 
 from projector import natswire
-from projector.jspull import ACK, PullConsumer, ack_info
+from projector.jspull import ACK, PullConsumer, ack_info, ack_positions
 from tests.natsutil import Names, wait_for
 
 pytestmark = pytest.mark.nats
@@ -22,6 +22,41 @@ def test_ack_info_reads_both_reply_subject_formats() -> None:
     assert ack_info(newer) == (1, 7, 0)
     with pytest.raises(ValueError):
         ack_info(b"_INBOX.abc")
+
+
+def test_ack_positions_reads_a_batch_as_ack_info_reads_each_message() -> None:
+    replies = [
+        b"$JS.ACK.S.d.1.1042.17.1700000000000000000.5",
+        b"$JS.ACK.S.d.3.1043.18.1700000000000000000.4",
+        b"_INBOX.abc",
+        b"$JS.ACK.hub.ACCHASH.S.d.1.7.6.1700000000000000000.0.x9Zq",
+        b"$JS.ACK.S.d.2.1044.19.1700000000000000000.x",  # not a number: not an ack subject
+        b"$JS.ACK.S.d.02.1045.20.1700000000000000000.3",
+        b"$JS.ACK.S.d.one.1046.21.1700000000000000000.2",
+        b"$JS.ACK.hub.ACCHASH.S.d.9.8.7.1700000000000000000.1",
+    ]
+    msgs = [(b"s", reply, b"{}") for reply in replies]
+    expected: list[int | None] = []
+    redelivered, pending = 0, None
+    for reply in replies:
+        try:
+            delivered, sequence, pending = ack_info(reply)
+        except ValueError:
+            expected.append(None)
+        else:
+            expected.append(sequence)
+            redelivered += delivered > 1
+    assert (
+        ack_positions(msgs)
+        == (expected, redelivered, pending)
+        == (
+            [1042, 1043, None, 7, None, 1045, None, 8],
+            3,
+            1,
+        )
+    )
+    assert ack_positions([]) == ([], 0, None)
+    assert ack_positions(msgs[2:3]) == ([None], 0, None)
 
 
 #: fast: natswire's fast paths; fallback: `fast_path=False`; unknown: a nats-py version natswire
