@@ -10,8 +10,8 @@ it). The queue is bounded, so a slow database slows callers down instead of grow
 
 The queue is a deque with its own waiters rather than an `asyncio.Queue`: a caller that finds
 room pays for one future and an append (no coroutine of its own, no task accounting), a flusher
-takes its whole batch in one step, and callers waiting for room are let in first come, first
-served, as many as the flusher's batch freed.
+takes its whole batch in one step, and callers waiting for room have their events queued in the
+order they came, as many as the flusher's batch freed (a new caller waits behind them).
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ class GroupCommit:
         self._queue: deque[_Waiting] = deque()
         #: Flushers waiting for an event, each on its own future.
         self._idle: deque[asyncio.Future[None]] = deque()
-        #: Callers waiting for room in the queue, in arrival order.
-        self._blocked: deque[asyncio.Future[None]] = deque()
-        self._reserved = 0  # callers let in whose event is not queued yet
+        #: Callers waiting for room in the queue, in arrival order, with their futures.
+        self._blocked: deque[_Waiting] = deque()
         self._unfinished = 0  # events queued or being written
         self._drained: asyncio.Future[None] | None = None  # what `close` waits on
         self._flushers = [
@@ -60,16 +59,21 @@ class GroupCommit:
         """Events waiting to be written (at most `max_pending`)."""
         return len(self._queue)
 
-    def emit(self, event: ExecutorEvent) -> Awaitable[Outcome]:
-        """Queue `event` and return what to await for its outcome once committed. With the
-        queue full (or callers already waiting for room) the awaitable first waits for room:
-        backpressure."""
-        if self._blocked or len(self._queue) + self._reserved >= self._max_pending:
-            return self._emit_when_room(event)
-        return self._enqueue(event)
-
-    def _enqueue(self, event: ExecutorEvent) -> asyncio.Future[Outcome]:
+    def emit(self, event: ExecutorEvent) -> asyncio.Future[Outcome]:
+        """Queue `event`; the future of its outcome, set once it is committed. With the queue
+        full (or callers already waiting for room) the event waits for room first, behind the
+        callers already waiting (backpressure: the caller awaits a future that is set later).
+        Cancelling the future before the event is let in withdraws it; once queued it is
+        written whatever its caller does."""
         future: asyncio.Future[Outcome] = self._loop.create_future()
+        if self._blocked or len(self._queue) >= self._max_pending:
+            self._blocked.append((event, future))
+            self._admit()  # at once if there is room (the callers ahead may have been cancelled)
+        else:
+            self._append(event, future)
+        return future
+
+    def _append(self, event: ExecutorEvent, future: asyncio.Future[Outcome]) -> None:
         self._queue.append((event, future))
         self._unfinished += 1
         idle = self._idle
@@ -78,36 +82,14 @@ class GroupCommit:
             if not waiter.done():
                 waiter.set_result(None)
                 break
-        return future
-
-    async def _emit_when_room(self, event: ExecutorEvent) -> Outcome:
-        room: asyncio.Future[None] = self._loop.create_future()
-        self._blocked.append(room)
-        self._admit()  # at once if there is room (the callers ahead may have been cancelled)
-        try:
-            await room
-        except BaseException:
-            if room.done() and not room.cancelled():  # let in, then cancelled: pass it on
-                self._reserved -= 1
-                self._admit()
-                self._wake_closer()
-            else:
-                room.cancel()  # skipped by `_admit`
-            raise
-        self._reserved -= 1
-        return await self._enqueue(event)
 
     def _admit(self) -> None:
-        """Let in as many waiting callers as there is room for, first come first served."""
-        blocked = self._blocked
-        room = self._max_pending - len(self._queue) - self._reserved
-        while room > 0 and blocked:
-            waiter = blocked.popleft()
-            if waiter.done():  # its caller was cancelled
-                continue
-            waiter.set_result(None)
-            self._reserved += 1
-            room -= 1
+        """Queue as many waiting callers' events as there is room for, in arrival order."""
+        blocked, queue = self._blocked, self._queue
+        while blocked and len(queue) < self._max_pending:
+            event, future = blocked.popleft()
+            if not future.done():  # else its caller was cancelled while it waited
+                self._append(event, future)
 
     def _wake_closer(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -115,9 +97,10 @@ class GroupCommit:
 
     async def close(self) -> None:
         """Write what callers are waiting for, then stop the flushers."""
-        while self._unfinished or self._reserved or any(not w.done() for w in self._blocked):
-            self._drained = self._loop.create_future()
-            await self._drained
+        while self._unfinished or any(not f.done() for _, f in self._blocked):
+            if self._drained is None or self._drained.done():  # several closers share it
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)  # a cancelled closer leaves it to the others
         for task in self._flushers:
             task.cancel()
         await asyncio.gather(*self._flushers, return_exceptions=True)

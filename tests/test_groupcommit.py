@@ -96,19 +96,19 @@ async def test_the_queue_is_bounded_and_waiting_callers_enter_in_order() -> None
 async def test_queued_never_exceeds_max_pending() -> None:
     write = FakeWrite()
     group = GroupCommit(write, batch_size=4, max_pending=5, flushers=2)
-    high = 0
+    seen: list[int] = []
+    inner = write.__call__
 
-    async def watch() -> None:
-        nonlocal high
-        while True:
-            high = max(high, group.queued)
-            await asyncio.sleep(0)
+    async def watched(*args: object) -> None:
+        seen.append(group.queued)  # while a flush is written
+        await inner(*args)  # type: ignore[arg-type]
 
-    watcher = asyncio.create_task(watch())
-    assert await asyncio.gather(*(group.emit(e) for e in events(200))) == ["inserted"] * 200
-    watcher.cancel()
+    group._write = watched
+    futures = [group.emit(e) for e in events(200)]
+    assert group.queued == 5  # the rest wait for room
+    assert await asyncio.gather(*futures) == ["inserted"] * 200
     await group.close()
-    assert 0 < high <= 5
+    assert seen and max(seen) <= 5
 
 
 async def test_a_cancelled_waiting_caller_does_not_hold_up_the_others() -> None:
@@ -158,3 +158,56 @@ async def test_close_mid_write_fails_its_callers() -> None:
 
 async def _emit(group: GroupCommit, e: object) -> str:
     return await group.emit(e)  # type: ignore[arg-type]
+
+
+async def test_callers_waiting_for_room_keep_their_order() -> None:
+    # A caller let in after waiting is queued before anyone who comes later, even a caller that
+    # finds room once the flusher freed some (the first occurrence of a key in a flush is the one
+    # written).
+    write = FakeWrite(hold=True)
+    group = GroupCommit(write, batch_size=3, max_pending=3, flushers=1)
+
+    async def producer_a() -> None:
+        assert await group.emit(event("x", "0")) == "inserted"
+        assert await group.emit(event("x", "5")) == "inserted"
+
+    a = asyncio.create_task(producer_a())
+    await settle()  # "0" in flight
+    fill = [asyncio.create_task(_emit(group, event("x", str(i)))) for i in (1, 2, 3)]
+    await settle()  # the queue is full
+    b = asyncio.create_task(_emit(group, event("x", "4")))
+    await settle()  # waiting for room
+    write.release.set()
+    await asyncio.gather(a, b, *fill)
+    await group.close()
+    assert [k for b in write.batches for k in b] == ["0", "1", "2", "3", "4", "5"]
+
+
+async def test_two_closers_both_return() -> None:
+    write = FakeWrite(hold=True)
+    group = GroupCommit(write, batch_size=10, max_pending=10, flushers=1)
+    task = asyncio.create_task(_emit(group, event()))
+    await settle()
+    closers = [asyncio.create_task(group.close()) for _ in range(2)]
+    await settle()
+    closers[0].cancel()  # a closer that gives up leaves the other waiting, not failing
+    await settle()
+    assert not closers[1].done()
+    write.release.set()
+    assert await task == "inserted"
+    await asyncio.wait_for(closers[1], timeout=10)
+    with pytest.raises(asyncio.CancelledError):
+        await closers[0]
+    third = GroupCommit(FakeWrite(hold=False), batch_size=1, max_pending=1, flushers=1)
+    both = [asyncio.create_task(third.close()) for _ in range(2)]
+    await asyncio.wait_for(asyncio.gather(*both), timeout=10)
+
+
+async def test_emit_always_returns_a_future() -> None:
+    write = FakeWrite(hold=True)
+    group = GroupCommit(write, batch_size=1, max_pending=1, flushers=1)
+    futures = [group.emit(event("x", str(i))) for i in range(3)]  # room, full, waiting
+    assert all(isinstance(f, asyncio.Future) for f in futures)
+    write.release.set()
+    assert await asyncio.gather(*futures) == ["inserted"] * 3
+    await group.close()
