@@ -82,8 +82,8 @@ UPDATE noetl.projector_checkpoint SET position = %s::xid8, updated_at = now() WH
 -- No parallel plans and no JIT for the rest of the transaction: a chunk's statements read a few
 -- thousand rows, where starting workers costs more than it saves (and takes every core from the
 -- writers), and where compiling the plan cost more than running it (the fold is PL/pgSQL, which
--- JIT never compiles; before the first ANALYZE the estimates passed jit_above_cost, and one chunk
--- spent 0.2-2 s per statement compiling).
+-- JIT never compiles; on a caller's session with JIT on, one chunk spent 0.2-2 s per statement
+-- compiling). The projector's own sessions have jit=off already (CONNECT_KWARGS).
 SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off
 
 -- name: plan_by_index
