@@ -366,8 +366,8 @@ def _encode(index: int, event: ExecutorEvent | bytes, fields: dict[str, Any]) ->
     except KeyError as missing:  # model_construct without a required field
         raise ValueError(f"{missing.args[0]} is missing") from None
     if event_id is None:
-        if not isinstance(event, ExecutorEvent):  # (encode_raw sends only envelopes with ids)
-            event = ExecutorEvent.parse_json(event)
+        # Only an envelope lacks one here: encode_raw builds the envelope for a raw without an id.
+        assert isinstance(event, ExecutorEvent)
         event_id = event.resolved_event_id()
     head_fields = (event_type, step, status, created_at, worker_id)
     meta: bytes | None = None
