@@ -224,6 +224,8 @@ BAD_VALUES = [
     (["db", "retention"], "the following arguments are required: --older-than"),
     (["db", "upgrade", "--wait", "-1"], "--wait: must be more than 0 seconds"),
     (["executions", "--limit", "0"], "--limit: must be at least 1"),
+    (["executions", "--status", "bogus"], "--status: 'bogus' is not a status: one of PENDING"),
+    (["executions", "--status", "COMPLETE D"], "'COMPLETE D' is not a status"),
     (["executions", "--stalled", "ten"], "--stalled: 'ten' is not a duration (examples: 90s"),
     (["executions", "--stalled", "0m"], "--stalled: the duration must be more than 0"),
     (["executions", "--stalled", "36526d"], "--stalled: the duration must be at most 100 years"),

@@ -10,6 +10,7 @@ import argparse
 import re
 from datetime import timedelta
 
+from ..fold import STATUS_TABLE, STATUSES, normalize_status
 from ..health import parse_address
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "positive_int",
     "seconds",
     "seconds_or_zero",
+    "status",
 ]
 
 
@@ -112,6 +114,16 @@ def parse_duration(text: str) -> timedelta:
     if total > LONGEST_DURATION:
         raise ValueError("the duration must be at most 100 years")
     return total
+
+
+def status(text: str) -> str:
+    """An execution status: one of :data:`~projector.fold.STATUSES` or a spelling the status
+    table reads as one (``failed``, ``ok``, ``error``), any case; the canonical status. A word
+    the table does not know is an error, not ``RUNNING`` (what it means in an event)."""
+    key = text.strip(" \t\r\n")
+    if not key.isascii() or key.upper() not in STATUS_TABLE:  # the table's keys are ASCII
+        raise argparse.ArgumentTypeError(f"{text!r} is not a status: one of {', '.join(STATUSES)}")
+    return normalize_status(text, "")
 
 
 def duration(text: str) -> timedelta:
