@@ -283,6 +283,35 @@ def test_a_url_libpq_cannot_read_is_a_usage_error(
     assert "bad database URL" in one_line(err) and "colour" in err
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://postgres@127.0.0.1:99999/postgres", 'invalid port number: "99999"'),
+        ("postgresql://postgres@127.0.0.1:0/postgres", 'invalid port number: "0"'),
+        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("target_session_attrs=any-one", 'invalid target_session_attrs value: "any-one"'),
+    ],
+)
+@pytest.mark.parametrize("command", ["db upgrade", "psql", "executions"])
+def test_a_url_value_libpq_refuses_is_a_usage_error(
+    command: str,
+    url: str,
+    says: str,
+    database_url: str,
+    events: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """libpq reads these URLs and refuses a value before connecting ("connection is bad"): the
+    URL is wrong, not the server (exit 2, not 3 with "is PostgreSQL running there?"). A query
+    parameter is added to the test database's URL."""
+    if "://" not in url:
+        url = database_url + ("&" if "?" in database_url else "?") + url
+    code, _, err = cli(["--database-url", url, *argv_of(command, events)], capfd)
+    line = one_line(err)
+    assert code == 2, line
+    assert line == f"projector: error: bad database URL: {says}"
+
+
 @pytest.mark.parametrize("command", DB_COMMANDS)
 def test_without_a_url_and_without_the_embedded_extra_says_what_to_install(
     command: str, events: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
