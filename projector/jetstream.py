@@ -239,10 +239,6 @@ async def require_stream(js: Any, stream: str) -> None:
         raise translate_nats(exc, f"looking up stream {stream!r}") from exc
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("NATS: %s", exc)
-
-
 async def _log_reconnected() -> None:
     log.info("NATS connection re-established")
 
@@ -269,7 +265,21 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
     for the first connection and moves to another one when a connection is lost.
     """
     client: list[Any] = []
+
+    def why(exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):  # a port that is not a NATS server's, say
+            return f"no answer within {connect_timeout:g} s"
+        return str(exc) or type(exc).__name__
+
     shown = redact(remember(url))  # messages name the server, never its credentials
+    first_errors: list[Exception] = []  # the first connection's tries, before it succeeded
+
+    async def _log_error(exc: Exception) -> None:
+        if client:
+            log.warning("NATS: %s", exc)
+        else:  # the failure names the last one; each try is progress (shown with -v)
+            first_errors.append(exc)
+            log.info("connecting to NATS at %s: %s", shown, why(exc))
 
     async def _log_disconnected() -> None:
         if client and not client[0].is_closed:  # closing on purpose also "disconnects"
@@ -290,9 +300,11 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
             reconnected_cb=_log_reconnected,
         )
     except Exception as exc:
+        # nats-py ends with "no servers available for connection"; the last try says why
+        reason = why(first_errors[-1] if first_errors else exc)
         raise NatsUnavailable(
-            f"could not connect to NATS at {shown}: {exc or type(exc).__name__}; is nats-server "
-            "running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
+            f"could not connect to NATS at {shown}: {reason}; is "
+            "nats-server running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
         ) from exc
     nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
     client.append(nc)
