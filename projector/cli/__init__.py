@@ -97,9 +97,20 @@ PASSTHROUGH = frozenset({"psql"})
 _VALUED = frozenset({"--database-url", "--connect-timeout", "--log-format"})
 
 _EXIT_HELP = (
-    "Exit status: 0 ok, 1 rejected/conflicting data or unknown execution, 2 usage, "
-    "3 database (or NATS) unavailable or schema missing, 70 internal error, 130 interrupted."
+    "Exit status: 0 ok, 1 rejected/conflicting data, unknown execution, or a check that did not "
+    "pass (db current behind, nats init finding the stream configured otherwise, retention "
+    "refusing a month not projected yet), 2 usage, 3 database (or NATS) unavailable or schema "
+    "missing, 70 internal error, 130 interrupted."
 )
+
+
+class _Paragraphs(argparse.HelpFormatter):
+    """argparse's wrapping, paragraph by paragraph (a blank line between them is kept)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            super(_Paragraphs, self)._fill_text(p, width, indent) for p in text.split("\n\n")
+        )
 
 
 class Parser(argparse.ArgumentParser):
@@ -181,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     for sub in _subparsers(parser):
         _add_global_options(sub, top=False)
+        sub.formatter_class = _Paragraphs
         if sub.epilog is None:
             sub.epilog = _EXIT_HELP
+        elif sub.prog.split()[-1] not in PASSTHROUGH:  # psql's exit status is psql's
+            sub.epilog = f"{sub.epilog}\n\n{_EXIT_HELP}"
     return parser
 
 
