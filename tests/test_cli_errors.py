@@ -223,6 +223,8 @@ BAD_VALUES = [
     (["db", "retention", "--older-than", "6mo"], "write days or weeks, e.g. 180d or 26w"),
     (["db", "retention"], "the following arguments are required: --older-than"),
     (["db", "upgrade", "--wait", "-1"], "--wait: must be more than 0 seconds"),
+    (["db", "upgrade", "0042"], "cannot migrate to '0042': Can't locate revision identified by"),
+    (["db", "upgrade", "+1"], "cannot migrate to '+1': Relative revision +1 didn't produce 1"),
     (["executions", "--limit", "0"], "--limit: must be at least 1"),
     (["executions", "--status", "bogus"], "--status: 'bogus' is not a status: one of PENDING"),
     (["executions", "--status", "COMPLETE D"], "'COMPLETE D' is not a status"),
