@@ -238,7 +238,16 @@ BAD_VALUES = [
     (["db"], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["status", "x", "--connect-timeout", "soon"], "'soon' is not a number of seconds"),
-    (["consume", "--batch", "0", "--nats-url", "nats://127.0.0.1:1"], "--batch must be at least 1"),
+    (
+        ["consume", "--batch", "0", "--nats-url", "nats://127.0.0.1:1"],
+        "--batch: must be at least 1",
+    ),
+    (["consume", "--in-flight", "0"], "--in-flight: must be at least 1, not 0"),
+    (["consume", "--ack-wait", "-5"], "--ack-wait: must be more than 0 seconds, not -5"),
+    (["consume", "--ack-wait", "soon"], "--ack-wait: 'soon' is not a number of seconds"),
+    (["consume", "--db-retry-for", "-1"], "--db-retry-for: must be 0 seconds or more, not -1"),
+    (["nats", "init", "--max-age", "-1"], "--max-age: must be 0 seconds or more, not -1"),
+    (["nats", "init", "--duplicate-window", "0"], "--duplicate-window: must be more than 0"),
 ]
 
 

@@ -19,12 +19,12 @@ from typing import Any
 
 from .. import gctune, migrate
 from ..bridge import Bridge, BridgeConfig, BridgeStats
-from ..errors import ConfigurationError
 from ..health import Readiness, readiness
 from ..jetstream import StreamLimits, connect, ensure_stream, stream_differences
 from ..metrics import ConsumeMetrics
 from ..redact import redact
 from ..settings import Settings, settings
+from . import options
 from .monitoring import add_monitoring_options, progress_logging, serving
 
 __all__ = ["register"]
@@ -74,24 +74,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "default %(default)s)",
     )
     consume.add_argument(
-        "--batch", type=int, default=2000, help="messages per fetch and transaction (default 2000)"
+        "--batch",
+        type=options.positive_int,
+        default=2000,
+        metavar="N",
+        help="messages per fetch and transaction (default 2000)",
     )
     consume.add_argument(
         "--in-flight",
-        type=int,
+        type=options.positive_int,
+        metavar="N",
         default=2,
         help="batches written at once, so validation overlaps the database's work (default 2)",
     )
     consume.add_argument(
         "--ack-wait",
-        type=float,
+        type=options.seconds,
+        metavar="SECONDS",
         default=30.0,
         help="seconds before an unacknowledged message is redelivered; used when this bridge "
         "creates the consumer (default 30)",
     )
     consume.add_argument(
         "--db-retry-for",
-        type=float,
+        type=options.seconds_or_zero,
+        metavar="SECONDS",
         default=60.0,
         help="seconds to retry a batch while PostgreSQL is unavailable before naking it and "
         "backing off (default 60)",
@@ -123,9 +130,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_nats_options(init, config)
     init.add_argument(
         "--max-age",
-        type=float,
+        type=options.seconds_or_zero,
+        metavar="SECONDS",
         default=_DEFAULT_LIMITS.max_age,
-        help="seconds an unconsumed event is kept (default 604800, 7 days)",
+        help="seconds an unconsumed event is kept, 0 for no limit (default 604800, 7 days)",
     )
     init.add_argument(
         "--max-bytes",
@@ -135,7 +143,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     init.add_argument(
         "--duplicate-window",
-        type=float,
+        type=options.seconds,
+        metavar="SECONDS",
         default=_DEFAULT_LIMITS.duplicate_window,
         help="seconds JetStream drops re-published event ids (default 120)",
     )
@@ -146,10 +155,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 async def consume_command(args: argparse.Namespace, db: str) -> int:
     """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop."""
     progress_logging("projector.bridge")
-    if args.batch < 1:
-        raise ConfigurationError("--batch must be at least 1")
-    if args.in_flight < 1:
-        raise ConfigurationError("--in-flight must be at least 1")
     # The counters are read from the bridge's stats when Prometheus scrapes.
     metrics = ConsumeMetrics(lambda: bridge.stats)
     bridge = Bridge(
