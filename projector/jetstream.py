@@ -245,6 +245,8 @@ async def _log_reconnected() -> None:
 
 #: Where a list of server URLs is cut: a comma before the next URL's scheme (``nats://``,
 #: ``tls://``, ``ws://``...), so that a comma inside a password stays in it.
+#: The schemes nats-py connects with.
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 _NEXT_SERVER = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
@@ -255,6 +257,13 @@ def servers(url: str) -> list[str]:
     found = [part.strip() for part in _NEXT_SERVER.split(url.strip().rstrip(",")) if part.strip()]
     if not found:
         raise NatsUnavailable(f"no NATS server in {url!r}: give nats://HOST:PORT[,nats://...]")
+    for server in found:
+        scheme, sep, _ = server.partition("://")
+        if sep and scheme.lower() not in _SCHEMES:  # without one, nats-py reads nats://
+            raise ConfigurationError(
+                f"{redact(server)!r} is not a NATS server URL: give nats://HOST:PORT "
+                "(or tls://, ws://, wss://)"
+            )
     return found
 
 
@@ -285,9 +294,10 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
         if client and not client[0].is_closed:  # closing on purpose also "disconnects"
             log.warning("NATS connection to %s lost; reconnecting", shown)
 
+    listed = servers(url)  # a URL that is not NATS's: a usage error, before any connection
     try:
         nc = await nats.connect(
-            servers=servers(url),
+            servers=listed,
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,

@@ -161,7 +161,7 @@ def test_every_subcommand_teaches_its_exit_status_under_its_examples() -> None:
 
     for sub in _subparsers(build_parser()):
         text = " ".join(sub.format_help().split())
-        has_exit_help = "Exit status: 0 ok, 1 rejected/conflicting data, unknown execution" in text
+        has_exit_help = "Exit status: 0 ok, 1 rejected/conflicting data (ingest, consume" in text
         assert has_exit_help == (sub.prog != "projector psql"), sub.prog
         if "example" in text and has_exit_help:
             assert text.index("example") < text.index("Exit status"), sub.prog

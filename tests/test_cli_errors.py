@@ -248,6 +248,8 @@ BAD_VALUES = [
     (["consume", "--db-retry-for", "-1"], "--db-retry-for: must be 0 seconds or more, not -1"),
     (["nats", "init", "--max-age", "-1"], "--max-age: must be 0 seconds or more, not -1"),
     (["nats", "init", "--duplicate-window", "0"], "--duplicate-window: must be more than 0"),
+    (["nats", "init", "--max-bytes", "0"], "--max-bytes: must be at least 1, or -1 for no limit"),
+    (["nats", "init", "--max-bytes", "-2"], "--max-bytes: must be at least 1, or -1 for no limit"),
 ]
 
 

@@ -22,6 +22,7 @@ import contextlib
 import enum
 import logging
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
@@ -97,19 +98,29 @@ PASSTHROUGH = frozenset({"psql"})
 _VALUED = frozenset({"--database-url", "--connect-timeout", "--log-format"})
 
 _EXIT_HELP = (
-    "Exit status: 0 ok, 1 rejected/conflicting data, unknown execution, or a check that did not "
-    "pass (db current behind, nats init finding the stream configured otherwise, retention "
-    "refusing a month not projected yet), 2 usage, 3 database (or NATS) unavailable or schema "
-    "missing, 70 internal error, 130 interrupted."
+    "Exit status: 0 ok, 1 rejected/conflicting data (ingest, consume --until-empty), unknown "
+    "execution, or a check that did not pass (db current behind, nats init finding the stream "
+    "configured otherwise, retention refusing a month not projected yet), 2 usage, 3 database "
+    "(or NATS) unavailable, schema missing or a privilege the login lacks, 70 internal error, "
+    "130 interrupted."
 )
 
 
 class _Paragraphs(argparse.HelpFormatter):
-    """argparse's wrapping, paragraph by paragraph (a blank line between them is kept)."""
+    """Descriptions and epilogs wrapped paragraph by paragraph (a blank line between them is
+    kept), never inside an option or a path (no break at their hyphens)."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "\n\n".join(
-            super(_Paragraphs, self)._fill_text(p, width, indent) for p in text.split("\n\n")
+            textwrap.fill(
+                " ".join(p.split()),
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            for p in text.split("\n\n")
         )
 
 
@@ -181,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Database: --database-url or PROJECTOR_DATABASE_URL "
             "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); with neither, an embedded "
             f"PostgreSQL is started with its data in {embedded_data_dir()} (the "
-            f"noetl-projector[embedded] extra). {_EXIT_HELP}"
+            f"noetl-projector[embedded] extra).\n\n{_EXIT_HELP}"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Paragraphs,
     )
     parser.add_argument("--version", action="version", version=f"projector {__version__}")
     _add_global_options(parser, top=True)

@@ -107,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     consume.add_argument(
         "--until-empty",
         action="store_true",
-        help="exit once the consumer has nothing pending or unacknowledged",
+        help="exit once the consumer has nothing pending or unacknowledged: 0, or 1 when a "
+        "message was rejected or conflicting (kept in noetl.event_rejected, acknowledged)",
     )
     consume.add_argument(
         "--create-stream",
@@ -137,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     init.add_argument(
         "--max-bytes",
-        type=int,
+        type=options.limit_or_none,
+        metavar="BYTES",
         default=_DEFAULT_LIMITS.max_bytes,
         help="stream size limit; publishes are refused beyond it, -1 for none (default 1 GiB)",
     )
@@ -153,7 +155,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def consume_command(args: argparse.Namespace, db: str) -> int:
-    """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop."""
+    """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop, 1 after a drain
+    that rejected or found conflicting messages."""
     progress_logging("projector.bridge")
     # The counters are read from the bridge's stats when Prometheus scrapes.
     metrics = ConsumeMetrics(lambda: bridge.stats)
@@ -192,6 +195,11 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
             stats = await _consume(bridge)
     if args.json:
         print(json.dumps(stats.summary()), flush=True)
+    # A drain (`--until-empty`) reports what `ingest` reports: 1 when anything was rejected or
+    # conflicting (kept and acknowledged, everything valid stored). A service stopped by a signal
+    # exits 0: its rejections are in the log, the metrics and noetl.event_rejected.
+    if args.until_empty and (stats.rejected or stats.conflicts):
+        return 1
     return 0
 
 

@@ -10,13 +10,14 @@ import argparse
 import re
 from datetime import timedelta
 
-from ..fold import STATUS_TABLE, STATUSES, normalize_status
+from ..fold import status_filter
 from ..health import parse_address
 
 __all__ = [
     "address",
     "age",
     "duration",
+    "limit_or_none",
     "non_negative_int",
     "parse_duration",
     "positive_int",
@@ -38,6 +39,15 @@ def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def limit_or_none(text: str) -> int:
+    """A size limit: a whole number of at least 1, or -1 for none (0 is refused: JetStream
+    would read it as no limit too, which a typo should not mean)."""
+    value = _int(text)
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, or -1 for no limit, not {value}")
     return value
 
 
@@ -120,10 +130,10 @@ def status(text: str) -> str:
     """An execution status: one of :data:`~projector.fold.STATUSES` or a spelling the status
     table reads as one (``failed``, ``ok``, ``error``), any case; the canonical status. A word
     the table does not know is an error, not ``RUNNING`` (what it means in an event)."""
-    key = text.strip(" \t\r\n")
-    if not key.isascii() or key.upper() not in STATUS_TABLE:  # the table's keys are ASCII
-        raise argparse.ArgumentTypeError(f"{text!r} is not a status: one of {', '.join(STATUSES)}")
-    return normalize_status(text, "")
+    try:
+        return status_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def duration(text: str) -> timedelta:
