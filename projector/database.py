@@ -101,6 +101,11 @@ def _advice(reason: str, timeout: str) -> str:
     return "is PostgreSQL running there, and is the database URL right?"
 
 
+#: How libpq words a value of the URL it cannot use (a port out of range, an unknown
+#: ``sslmode``, ``target_session_attrs`` or ``channel_binding``), before any connection attempt.
+_BAD_VALUE = "connection is bad: invalid "
+
+
 async def check_connection(url: str, connect_timeout: float | None = None) -> None:
     """Connect to `url` once and close the connection.
 
@@ -108,8 +113,9 @@ async def check_connection(url: str, connect_timeout: float | None = None) -> No
     ``PROJECTOR_CONNECT_TIMEOUT``.
     A server that refuses, does not answer in time or rejects the login raises
     :class:`~projector.errors.DatabaseUnavailable` at once, with the server's own reason (for
-    example ``password authentication failed for user "x"``) and what to check; a malformed URL
-    raises :class:`~projector.errors.ConfigurationError`.
+    example ``password authentication failed for user "x"``) and what to check; a malformed URL,
+    or one with a value libpq refuses (port 99999, ``sslmode=bogus``), raises
+    :class:`~projector.errors.ConfigurationError`.
     """
     seconds = settings().connect_timeout if connect_timeout is None else connect_timeout
     target = with_connect_timeout(url, seconds)
@@ -118,10 +124,15 @@ async def check_connection(url: str, connect_timeout: float | None = None) -> No
     except psycopg.ProgrammingError as exc:  # libpq could not read the URL
         raise ConfigurationError(f"bad database URL: {' '.join(str(exc).split())}") from exc
     except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        if isinstance(exc, psycopg.OperationalError) and reason.startswith(_BAD_VALUE):
+            # libpq read the URL and refused one of its values before trying to connect
+            bad = reason.removeprefix("connection is bad: ")
+            raise ConfigurationError(f"bad database URL: {bad}") from exc
         error = translate(exc)
         if not isinstance(error, DatabaseUnavailable):
             raise error from exc
-        reason = " ".join(str(exc).split()).removeprefix("connection failed: ")
+        reason = reason.removeprefix("connection failed: ")
         waited = str(conninfo_to_dict(target).get("connect_timeout", "?"))
         raise DatabaseUnavailable(
             f"cannot connect to PostgreSQL {describe(url)}: {reason}; {_advice(reason, waited)}"

@@ -209,6 +209,11 @@ def translate(exc: BaseException) -> ProjectorError:
             f"the noetl schema is missing or out of date ({exc.diag.message_primary}); "
             "run `projector db upgrade` (or `alembic upgrade head`)"
         )
+    elif isinstance(exc, pgerrors.InsufficientPrivilege):
+        err = ProjectorError(
+            f"database error: {detail}; the login lacks the role this needs (README, 'Roles': "
+            "noetl_reader reads, noetl_writer stores events, noetl_projector projects)"
+        )
     elif isinstance(exc, PoolTimeout):
         err = DatabaseUnavailable(
             f"could not get a PostgreSQL connection in time ({exc}); is the server running and is "

@@ -136,6 +136,7 @@ __all__ = [
     "normalize_status",
     "order_key",
     "parent_execution_id",
+    "status_filter",
     "step_name",
 ]
 
@@ -232,6 +233,17 @@ def _status_of_type(event_type: str) -> str:
     if t.endswith((".issued", ".queued", ".scheduled")):
         return "PENDING"
     return "RUNNING"
+
+
+def status_filter(text: str) -> str:
+    """The canonical status a filter word names: one of :data:`STATUSES` or a spelling the
+    status table reads as one (``failed``, ``ok``, ``error``), any case. Raises ValueError for a
+    word the table does not know (in an event such a word means ``RUNNING``; in a filter it is a
+    typo)."""
+    key = text.strip(_TRIM)
+    if not key.isascii() or key.translate(_TO_UPPER) not in STATUS_TABLE:
+        raise ValueError(f"{text!r} is not a status: one of {', '.join(STATUSES)}")
+    return normalize_status(text, "")
 
 
 def normalize_status(status: str | None, event_type: str) -> str:

@@ -239,16 +239,14 @@ async def require_stream(js: Any, stream: str) -> None:
         raise translate_nats(exc, f"looking up stream {stream!r}") from exc
 
 
-async def _log_error(exc: Exception) -> None:
-    log.warning("NATS: %s", exc)
-
-
 async def _log_reconnected() -> None:
     log.info("NATS connection re-established")
 
 
 #: Where a list of server URLs is cut: a comma before the next URL's scheme (``nats://``,
 #: ``tls://``, ``ws://``...), so that a comma inside a password stays in it.
+#: The schemes nats-py connects with.
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 _NEXT_SERVER = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
@@ -259,6 +257,13 @@ def servers(url: str) -> list[str]:
     found = [part.strip() for part in _NEXT_SERVER.split(url.strip().rstrip(",")) if part.strip()]
     if not found:
         raise NatsUnavailable(f"no NATS server in {url!r}: give nats://HOST:PORT[,nats://...]")
+    for server in found:
+        scheme, sep, _ = server.partition("://")
+        if sep and scheme.lower() not in _SCHEMES:  # without one, nats-py reads nats://
+            raise ConfigurationError(
+                f"{redact(server)!r} is not a NATS server URL: give nats://HOST:PORT "
+                "(or tls://, ws://, wss://)"
+            )
     return found
 
 
@@ -269,15 +274,30 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
     for the first connection and moves to another one when a connection is lost.
     """
     client: list[Any] = []
+
+    def why(exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):  # a port that is not a NATS server's, say
+            return f"no answer within {connect_timeout:g} s"
+        return str(exc) or type(exc).__name__
+
     shown = redact(remember(url))  # messages name the server, never its credentials
+    first_errors: list[Exception] = []  # the first connection's tries, before it succeeded
+
+    async def _log_error(exc: Exception) -> None:
+        if client:
+            log.warning("NATS: %s", exc)
+        else:  # the failure names the last one; each try is progress (shown with -v)
+            first_errors.append(exc)
+            log.info("connecting to NATS at %s: %s", shown, why(exc))
 
     async def _log_disconnected() -> None:
         if client and not client[0].is_closed:  # closing on purpose also "disconnects"
             log.warning("NATS connection to %s lost; reconnecting", shown)
 
+    listed = servers(url)  # a URL that is not NATS's: a usage error, before any connection
     try:
         nc = await nats.connect(
-            servers=servers(url),
+            servers=listed,
             name=name,
             connect_timeout=connect_timeout,
             allow_reconnect=True,
@@ -290,9 +310,11 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
             reconnected_cb=_log_reconnected,
         )
     except Exception as exc:
+        # nats-py ends with "no servers available for connection"; the last try says why
+        reason = why(first_errors[-1] if first_errors else exc)
         raise NatsUnavailable(
-            f"could not connect to NATS at {shown}: {exc or type(exc).__name__}; is nats-server "
-            "running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
+            f"could not connect to NATS at {shown}: {reason}; is "
+            "nats-server running (with -js) and is --nats-url / PROJECTOR_NATS_URL right?"
         ) from exc
     nc.options["max_reconnect_attempts"] = -1  # from now on: reconnect forever
     client.append(nc)

@@ -17,10 +17,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, pool
 
 from .database import CONNECT_KWARGS, sqlalchemy_url, with_connect_timeout
-from .errors import translating
+from .errors import ConfigurationError, translating
 from .settings import settings
 
 __all__ = ["alembic_config", "check", "current", "downgrade", "head", "upgrade"]
@@ -58,8 +59,20 @@ def _run(url: str, connect_timeout: float | None, fn: str, *args: str) -> None:
 
 @translating()
 def upgrade(url: str, revision: str = "head", *, connect_timeout: float | None = None) -> None:
-    """Migrate the database at `url` to `revision`."""
-    _run(url, connect_timeout, "upgrade", revision)
+    """Migrate the database at `url` to `revision`.
+
+    What alembic cannot do (a revision it cannot find, such as a typo or one newer than this
+    version, or ``+1`` at head) raises :class:`~projector.errors.ConfigurationError` with its
+    reason and the revisions this version ships.
+    """
+    try:
+        _run(url, connect_timeout, "upgrade", revision)
+    except CommandError as exc:
+        script = ScriptDirectory.from_config(alembic_config())
+        known = ", ".join(sorted(r.revision for r in script.walk_revisions()))
+        raise ConfigurationError(
+            f"cannot migrate to {revision!r}: {exc} (this version's revisions: {known})"
+        ) from exc
 
 
 @translating()

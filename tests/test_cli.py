@@ -154,6 +154,21 @@ def test_every_subcommand_lists_the_global_options_in_its_help() -> None:
             assert option in text, (sub.prog, option)
 
 
+def test_every_subcommand_teaches_its_exit_status_under_its_examples() -> None:
+    """The exit-status line used to be left out of every help with an example (status,
+    history, executions, timeline, watch, serve, db retention); psql's status is psql's."""
+    from projector.cli import _subparsers, build_parser
+
+    for sub in _subparsers(build_parser()):
+        text = " ".join(sub.format_help().split())
+        has_exit_help = "Exit status: 0 ok, 1 rejected/conflicting data (ingest, consume" in text
+        assert has_exit_help == (sub.prog != "projector psql"), sub.prog
+        if "example" in text and has_exit_help:
+            assert text.index("example") < text.index("Exit status"), sub.prog
+    current = {sub.prog: sub for sub in _subparsers(build_parser())}["projector db current"]
+    assert "exit 1 when the database is behind" in " ".join(current.format_help().split())
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     import projector
 

@@ -223,7 +223,11 @@ BAD_VALUES = [
     (["db", "retention", "--older-than", "6mo"], "write days or weeks, e.g. 180d or 26w"),
     (["db", "retention"], "the following arguments are required: --older-than"),
     (["db", "upgrade", "--wait", "-1"], "--wait: must be more than 0 seconds"),
+    (["db", "upgrade", "0042"], "cannot migrate to '0042': Can't locate revision identified by"),
+    (["db", "upgrade", "+1"], "cannot migrate to '+1': Relative revision +1 didn't produce 1"),
     (["executions", "--limit", "0"], "--limit: must be at least 1"),
+    (["executions", "--status", "bogus"], "--status: 'bogus' is not a status: one of PENDING"),
+    (["executions", "--status", "COMPLETE D"], "'COMPLETE D' is not a status"),
     (["executions", "--stalled", "ten"], "--stalled: 'ten' is not a duration (examples: 90s"),
     (["executions", "--stalled", "0m"], "--stalled: the duration must be more than 0"),
     (["executions", "--stalled", "36526d"], "--stalled: the duration must be at most 100 years"),
@@ -234,7 +238,18 @@ BAD_VALUES = [
     (["db"], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["status", "x", "--connect-timeout", "soon"], "'soon' is not a number of seconds"),
-    (["consume", "--batch", "0", "--nats-url", "nats://127.0.0.1:1"], "--batch must be at least 1"),
+    (
+        ["consume", "--batch", "0", "--nats-url", "nats://127.0.0.1:1"],
+        "--batch: must be at least 1",
+    ),
+    (["consume", "--in-flight", "0"], "--in-flight: must be at least 1, not 0"),
+    (["consume", "--ack-wait", "-5"], "--ack-wait: must be more than 0 seconds, not -5"),
+    (["consume", "--ack-wait", "soon"], "--ack-wait: 'soon' is not a number of seconds"),
+    (["consume", "--db-retry-for", "-1"], "--db-retry-for: must be 0 seconds or more, not -1"),
+    (["nats", "init", "--max-age", "-1"], "--max-age: must be 0 seconds or more, not -1"),
+    (["nats", "init", "--duplicate-window", "0"], "--duplicate-window: must be more than 0"),
+    (["nats", "init", "--max-bytes", "0"], "--max-bytes: must be at least 1, or -1 for no limit"),
+    (["nats", "init", "--max-bytes", "-2"], "--max-bytes: must be at least 1, or -1 for no limit"),
 ]
 
 
@@ -279,6 +294,35 @@ def test_a_url_libpq_cannot_read_is_a_usage_error(
     code, _, err = cli(["--database-url", database_url + "?colour=blue", "executions"], capfd)
     assert code == 2
     assert "bad database URL" in one_line(err) and "colour" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://postgres@127.0.0.1:99999/postgres", 'invalid port number: "99999"'),
+        ("postgresql://postgres@127.0.0.1:0/postgres", 'invalid port number: "0"'),
+        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("target_session_attrs=any-one", 'invalid target_session_attrs value: "any-one"'),
+    ],
+)
+@pytest.mark.parametrize("command", ["db upgrade", "psql", "executions"])
+def test_a_url_value_libpq_refuses_is_a_usage_error(
+    command: str,
+    url: str,
+    says: str,
+    database_url: str,
+    events: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """libpq reads these URLs and refuses a value before connecting ("connection is bad"): the
+    URL is wrong, not the server (exit 2, not 3 with "is PostgreSQL running there?"). A query
+    parameter is added to the test database's URL."""
+    if "://" not in url:
+        url = database_url + ("&" if "?" in database_url else "?") + url
+    code, _, err = cli(["--database-url", url, *argv_of(command, events)], capfd)
+    line = one_line(err)
+    assert code == 2, line
+    assert line == f"projector: error: bad database URL: {says}"
 
 
 @pytest.mark.parametrize("command", DB_COMMANDS)

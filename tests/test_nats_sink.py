@@ -273,6 +273,15 @@ def test_a_nats_url_may_name_several_servers() -> None:
     ]
     with pytest.raises(NatsUnavailable, match="no NATS server"):
         servers(" , ")
+    assert servers("WSS://a:443") == ["WSS://a:443"]
+    assert servers("127.0.0.1:4222") == ["127.0.0.1:4222"]  # nats-py reads nats://
+    # Another scheme is a usage error, before any connection (or name lookup) is tried; the
+    # message shows no password.
+    with pytest.raises(ConfigurationError, match=r"'http://a:4222' is not a NATS server URL"):
+        servers("nats://b:4222,http://a:4222")
+    with pytest.raises(ConfigurationError) as raised:
+        servers("https://u:secret@a:4222")
+    assert "secret" not in str(raised.value)
 
 
 async def test_a_server_of_the_list_that_is_down_is_passed_over(

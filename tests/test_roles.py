@@ -330,3 +330,18 @@ def test_a_downgrade_drops_only_the_roles_nothing_else_uses(tmp_path: Path) -> N
         assert roles() == []
         migrate.upgrade(url)
         assert roles() == sorted(ROLES)
+
+
+def test_a_login_without_the_role_is_told_which_role(
+    login: Callable[[str | None], str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`projector status` as a writer (no read of the status views): exit 3, one line that names
+    the privilege PostgreSQL refused and the roles that have it."""
+    from projector.cli import run
+
+    code = run(["--database-url", login("noetl_writer"), "status", "demo-failed"])
+    err = capfd.readouterr().err.strip()
+    assert code == 3, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("projector: error: database error: permission denied for "), err
+    assert "noetl_reader reads" in err

@@ -190,6 +190,13 @@ async def test_the_command_writes_every_format(
     assert code == 1 and "nope" in err
     code, _, err = await asyncio.to_thread(call, "--svg", "a", "--png", "b")
     assert code == 2 and "not allowed with" in err
+    for flag in ("--svg", "--html", "--png"):  # an output it cannot write: said as such
+        missing = tmp_path / "no-such-dir" / "t"
+        code, _, err = await asyncio.to_thread(call, flag, str(missing))
+        assert (code, err) == (
+            2,
+            f"projector: error: cannot write {missing}: No such file or directory\n",
+        )
 
 
 async def test_docs_picture_is_current(aconn: Conn) -> None:

@@ -80,6 +80,18 @@ async def test_the_api_has_the_shapes_of_the_commands(
             )
         status, body = await asyncio.to_thread(get, base + "/api/executions?limit=1000")
         assert status == 200
+        # the words `projector executions --status` takes: canonical ones, any case, and aliases
+        status, body = await asyncio.to_thread(get, base + "/api/executions?status=bogus")
+        assert status == 400 and json.loads(body)["error"] == (
+            "status: 'bogus' is not a status: one of PENDING, RUNNING, COMPLETED, FAILED, "
+            "CANCELLED, SKIPPED"
+        )
+        by_word = {}
+        for word in ("COMPLETED", "completed", "ok", "success"):
+            status, body = await asyncio.to_thread(get, base + f"/api/executions?status={word}")
+            assert status == 200, word
+            by_word[word] = json.loads(body)
+        assert by_word["COMPLETED"] and all(v == by_word["COMPLETED"] for v in by_word.values())
 
 
 async def test_the_pages(aconn: Conn, database_url: str) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import enum
 import logging
 import sys
+import textwrap
 import traceback
 from collections.abc import Sequence
 from types import ModuleType
@@ -97,9 +98,30 @@ PASSTHROUGH = frozenset({"psql"})
 _VALUED = frozenset({"--database-url", "--connect-timeout", "--log-format"})
 
 _EXIT_HELP = (
-    "Exit status: 0 ok, 1 rejected/conflicting data or unknown execution, 2 usage, "
-    "3 database (or NATS) unavailable or schema missing, 70 internal error, 130 interrupted."
+    "Exit status: 0 ok, 1 rejected/conflicting data (ingest, consume --until-empty), unknown "
+    "execution, or a check that did not pass (db current behind, nats init finding the stream "
+    "configured otherwise, retention refusing a month not projected yet), 2 usage, 3 database "
+    "(or NATS) unavailable, schema missing or a privilege the login lacks, 70 internal error, "
+    "130 interrupted."
 )
+
+
+class _Paragraphs(argparse.HelpFormatter):
+    """Descriptions and epilogs wrapped paragraph by paragraph (a blank line between them is
+    kept), never inside an option or a path (no break at their hyphens)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            textwrap.fill(
+                " ".join(p.split()),
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            for p in text.split("\n\n")
+        )
 
 
 class Parser(argparse.ArgumentParser):
@@ -170,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Database: --database-url or PROJECTOR_DATABASE_URL "
             "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); with neither, an embedded "
             f"PostgreSQL is started with its data in {embedded_data_dir()} (the "
-            f"noetl-projector[embedded] extra). {_EXIT_HELP}"
+            f"noetl-projector[embedded] extra).\n\n{_EXIT_HELP}"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Paragraphs,
     )
     parser.add_argument("--version", action="version", version=f"projector {__version__}")
     _add_global_options(parser, top=True)
@@ -181,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     for sub in _subparsers(parser):
         _add_global_options(sub, top=False)
+        sub.formatter_class = _Paragraphs
         if sub.epilog is None:
             sub.epilog = _EXIT_HELP
+        elif sub.prog.split()[-1] not in PASSTHROUGH:  # psql's exit status is psql's
+            sub.epilog = f"{sub.epilog}\n\n{_EXIT_HELP}"
     return parser
 
 

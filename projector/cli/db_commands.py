@@ -38,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="wait up to SECONDS for the server to answer (default: try once)",
     )
     up.set_defaults(handler=upgrade, preflight=False)
-    cur = sub.add_parser("current", help="print the database's schema revision and the newest one")
+    cur = sub.add_parser(
+        "current",
+        help="print the database's schema revision and the newest one",
+        description="Print the revision the database is at and the newest one this version "
+        "ships (head); exit 1 when the database is behind (run `projector db upgrade`).",
+    )
     cur.set_defaults(handler=current)
     parts = sub.add_parser(
         "partitions",

@@ -19,12 +19,12 @@ from typing import Any
 
 from .. import gctune, migrate
 from ..bridge import Bridge, BridgeConfig, BridgeStats
-from ..errors import ConfigurationError
 from ..health import Readiness, readiness
 from ..jetstream import StreamLimits, connect, ensure_stream, stream_differences
 from ..metrics import ConsumeMetrics
 from ..redact import redact
 from ..settings import Settings, settings
+from . import options
 from .monitoring import add_monitoring_options, progress_logging, serving
 
 __all__ = ["register"]
@@ -74,24 +74,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "default %(default)s)",
     )
     consume.add_argument(
-        "--batch", type=int, default=2000, help="messages per fetch and transaction (default 2000)"
+        "--batch",
+        type=options.positive_int,
+        default=2000,
+        metavar="N",
+        help="messages per fetch and transaction (default 2000)",
     )
     consume.add_argument(
         "--in-flight",
-        type=int,
+        type=options.positive_int,
+        metavar="N",
         default=2,
         help="batches written at once, so validation overlaps the database's work (default 2)",
     )
     consume.add_argument(
         "--ack-wait",
-        type=float,
+        type=options.seconds,
+        metavar="SECONDS",
         default=30.0,
         help="seconds before an unacknowledged message is redelivered; used when this bridge "
         "creates the consumer (default 30)",
     )
     consume.add_argument(
         "--db-retry-for",
-        type=float,
+        type=options.seconds_or_zero,
+        metavar="SECONDS",
         default=60.0,
         help="seconds to retry a batch while PostgreSQL is unavailable before naking it and "
         "backing off (default 60)",
@@ -100,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     consume.add_argument(
         "--until-empty",
         action="store_true",
-        help="exit once the consumer has nothing pending or unacknowledged",
+        help="exit once the consumer has nothing pending or unacknowledged: 0, or 1 when a "
+        "message was rejected or conflicting (kept in noetl.event_rejected, acknowledged)",
     )
     consume.add_argument(
         "--create-stream",
@@ -123,19 +131,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_nats_options(init, config)
     init.add_argument(
         "--max-age",
-        type=float,
+        type=options.seconds_or_zero,
+        metavar="SECONDS",
         default=_DEFAULT_LIMITS.max_age,
-        help="seconds an unconsumed event is kept (default 604800, 7 days)",
+        help="seconds an unconsumed event is kept, 0 for no limit (default 604800, 7 days)",
     )
     init.add_argument(
         "--max-bytes",
-        type=int,
+        type=options.limit_or_none,
+        metavar="BYTES",
         default=_DEFAULT_LIMITS.max_bytes,
         help="stream size limit; publishes are refused beyond it, -1 for none (default 1 GiB)",
     )
     init.add_argument(
         "--duplicate-window",
-        type=float,
+        type=options.seconds,
+        metavar="SECONDS",
         default=_DEFAULT_LIMITS.duplicate_window,
         help="seconds JetStream drops re-published event ids (default 120)",
     )
@@ -144,12 +155,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def consume_command(args: argparse.Namespace, db: str) -> int:
-    """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop."""
+    """Run the bridge until a signal (or `--until-empty`); 0 on a clean stop, 1 after a drain
+    that rejected or found conflicting messages."""
     progress_logging("projector.bridge")
-    if args.batch < 1:
-        raise ConfigurationError("--batch must be at least 1")
-    if args.in_flight < 1:
-        raise ConfigurationError("--in-flight must be at least 1")
     # The counters are read from the bridge's stats when Prometheus scrapes.
     metrics = ConsumeMetrics(lambda: bridge.stats)
     bridge = Bridge(
@@ -187,6 +195,11 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
             stats = await _consume(bridge)
     if args.json:
         print(json.dumps(stats.summary()), flush=True)
+    # A drain (`--until-empty`) reports what `ingest` reports: 1 when anything was rejected or
+    # conflicting (kept and acknowledged, everything valid stored). A service stopped by a signal
+    # exits 0: its rejections are in the log, the metrics and noetl.event_rejected.
+    if args.until_empty and (stats.rejected or stats.conflicts):
+        return 1
     return 0
 
 

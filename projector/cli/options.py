@@ -10,17 +10,20 @@ import argparse
 import re
 from datetime import timedelta
 
+from ..fold import status_filter
 from ..health import parse_address
 
 __all__ = [
     "address",
     "age",
     "duration",
+    "limit_or_none",
     "non_negative_int",
     "parse_duration",
     "positive_int",
     "seconds",
     "seconds_or_zero",
+    "status",
 ]
 
 
@@ -36,6 +39,15 @@ def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def limit_or_none(text: str) -> int:
+    """A size limit: a whole number of at least 1, or -1 for none (0 is refused: JetStream
+    would read it as no limit too, which a typo should not mean)."""
+    value = _int(text)
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, or -1 for no limit, not {value}")
     return value
 
 
@@ -112,6 +124,16 @@ def parse_duration(text: str) -> timedelta:
     if total > LONGEST_DURATION:
         raise ValueError("the duration must be at most 100 years")
     return total
+
+
+def status(text: str) -> str:
+    """An execution status: one of :data:`~projector.fold.STATUSES` or a spelling the status
+    table reads as one (``failed``, ``ok``, ``error``), any case; the canonical status. A word
+    the table does not know is an error, not ``RUNNING`` (what it means in an event)."""
+    try:
+        return status_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def duration(text: str) -> timedelta:

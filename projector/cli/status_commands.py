@@ -347,7 +347,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="examples: projector executions --status FAILED --limit 5; "
         "projector executions --stalled 10m",
     )
-    p.add_argument("--status", default=None, help="only executions with this status")
+    p.add_argument(
+        "--status",
+        type=options.status,
+        default=None,
+        help="only executions with this status: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED "
+        "or SKIPPED, any case (also a spelling that means one, such as ok or error)",
+    )
     p.add_argument(
         "--stalled",
         type=options.duration,

@@ -61,10 +61,13 @@ def _write(target: str, data: str | bytes) -> None:
             sys.stdout.write(data)
         return
     path = Path(target)
-    if isinstance(data, bytes):
-        path.write_bytes(data)
-    else:
-        path.write_text(data, encoding="utf-8")
+    try:
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, encoding="utf-8")
+    except OSError as exc:  # the CLI's boundary would call it "cannot read"
+        raise ConfigurationError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
 
 def _console() -> Console:

@@ -61,7 +61,7 @@ from .. import timeline_render as render
 from ..cli.options import parse_duration
 from ..cli.safe import escape
 from ..errors import UnknownExecution
-from ..fold import STATUSES, normalize_status
+from ..fold import STATUSES, normalize_status, status_filter
 from ..hosts import LOOPBACK_NAMES, allowed_hosts
 from ..readmodel import jsonable
 from ..timeouts import PROJECTION_KWARGS
@@ -109,9 +109,12 @@ def _filters(request: Request) -> tuple[dict[str, str | None], dict[str, Any]]:
     """The executions filters as given (for the form) and as values (for the query)."""
     given = _given(request)
     limit = given["limit"] or "50"
-    values: dict[str, Any] = {"status": given["status"]}
-    if given["status"] is not None and given["status"].upper() not in STATUSES:
-        raise BadFilter(f"status: {given['status']!r} is not one of {', '.join(STATUSES)}")
+    values: dict[str, Any] = {"status": None}
+    if given["status"] is not None:
+        try:  # the words `projector executions --status` takes
+            values["status"] = status_filter(given["status"])
+        except ValueError as exc:
+            raise BadFilter(f"status: {exc}") from None
     if not limit.isdigit() or not 1 <= int(limit) <= _MAX_LIMIT:
         raise BadFilter(f"limit: must be a whole number from 1 to {_MAX_LIMIT}")
     values["limit"] = int(limit)
