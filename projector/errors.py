@@ -212,7 +212,8 @@ def translate(exc: BaseException) -> ProjectorError:
     elif isinstance(exc, pgerrors.InsufficientPrivilege):
         err = ProjectorError(
             f"database error: {detail}; the login lacks the role this needs (README, 'Roles': "
-            "noetl_reader reads, noetl_writer stores events, noetl_projector projects)"
+            "noetl_reader reads, noetl_writer stores events, noetl_projector projects; "
+            "migrations and `db retention` run as the schema's owner)"
         )
     elif isinstance(exc, PoolTimeout):
         err = DatabaseUnavailable(

@@ -243,28 +243,45 @@ async def _log_reconnected() -> None:
     log.info("NATS connection re-established")
 
 
+#: The schemes nats-py connects with (it reads them in lower case only).
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 #: Where a list of server URLs is cut: a comma before the next URL's scheme (``nats://``,
 #: ``tls://``, ``ws://``...), so that a comma inside a password stays in it.
-#: The schemes nats-py connects with.
-_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 _NEXT_SERVER = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def servers(url: str) -> list[str]:
     """The server URLs of `url`: one, or several separated by commas, each with its scheme
     (the nodes of a cluster, ``nats://a:4222,nats://b:4222``), as nats-py's ``servers=`` takes
-    them. A comma not followed by a scheme belongs to the URL it is in (e.g. its password)."""
+    them: schemes in lower case. A comma not followed by a scheme belongs to the URL it is in
+    (e.g. its password).
+
+    Raises :class:`~projector.errors.ConfigurationError` for a scheme nats-py does not connect
+    with (``http://``), or a list that mixes WebSocket and plain servers (it cannot), before any
+    connection or name lookup; the message shows scheme, host and port, never credentials."""
     found = [part.strip() for part in _NEXT_SERVER.split(url.strip().rstrip(",")) if part.strip()]
     if not found:
         raise NatsUnavailable(f"no NATS server in {url!r}: give nats://HOST:PORT[,nats://...]")
+    listed: list[str] = []
     for server in found:
-        scheme, sep, _ = server.partition("://")
-        if sep and scheme.lower() not in _SCHEMES:  # without one, nats-py reads nats://
+        scheme, sep, rest = server.partition("://")
+        if not sep:  # nats-py reads nats://
+            listed.append(server)
+            continue
+        if scheme.lower() not in _SCHEMES:
+            shown = f"{scheme}://{rest.rpartition('@')[2]}"  # no user, token or password
             raise ConfigurationError(
-                f"{redact(server)!r} is not a NATS server URL: give nats://HOST:PORT "
+                f"{shown!r} is not a NATS server URL: give nats://HOST:PORT "
                 "(or tls://, ws://, wss://)"
             )
-    return found
+        listed.append(f"{scheme.lower()}://{rest}")
+    websocket = {s.startswith(("ws://", "wss://")) for s in listed}
+    if len(websocket) > 1:
+        raise ConfigurationError(
+            "a NATS URL list mixes WebSocket (ws://, wss://) and plain servers: nats-py connects "
+            "to one kind; list servers of one kind"
+        )
+    return listed
 
 
 async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:

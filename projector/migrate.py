@@ -24,7 +24,16 @@ from .database import CONNECT_KWARGS, sqlalchemy_url, with_connect_timeout
 from .errors import ConfigurationError, translating
 from .settings import settings
 
-__all__ = ["alembic_config", "check", "current", "downgrade", "head", "upgrade"]
+__all__ = [
+    "alembic_config",
+    "check",
+    "current",
+    "downgrade",
+    "head",
+    "newer_than_this",
+    "revisions",
+    "upgrade",
+]
 
 
 def alembic_config(stdout: TextIO | None = None) -> Config:
@@ -68,11 +77,28 @@ def upgrade(url: str, revision: str = "head", *, connect_timeout: float | None =
     try:
         _run(url, connect_timeout, "upgrade", revision)
     except CommandError as exc:
-        script = ScriptDirectory.from_config(alembic_config())
-        known = ", ".join(sorted(r.revision for r in script.walk_revisions()))
+        at = current(url, connect_timeout=connect_timeout)
+        if at is not None and at not in revisions():
+            raise ConfigurationError(newer_than_this(at)) from exc
+        known = ", ".join(revisions())
         raise ConfigurationError(
             f"cannot migrate to {revision!r}: {exc} (this version's revisions: {known})"
         ) from exc
+
+
+def revisions() -> list[str]:
+    """The revisions this version ships, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+def newer_than_this(revision: str) -> str:
+    """What to say of a database at `revision`, which this version does not ship."""
+    return (
+        f"the database is at schema revision {revision!r}, which this version of "
+        f"noetl-projector does not know (its newest is {head()!r}): a newer version migrated "
+        "it; upgrade noetl-projector"
+    )
 
 
 @translating()

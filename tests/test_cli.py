@@ -166,7 +166,7 @@ def test_every_subcommand_teaches_its_exit_status_under_its_examples() -> None:
         if "example" in text and has_exit_help:
             assert text.index("example") < text.index("Exit status"), sub.prog
     current = {sub.prog: sub for sub in _subparsers(build_parser())}["projector db current"]
-    assert "exit 1 when the database is behind" in " ".join(current.format_help().split())
+    assert "exit 1 when the database is not at head" in " ".join(current.format_help().split())
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

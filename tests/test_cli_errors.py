@@ -381,3 +381,23 @@ def test_ingest_of_bytes_that_are_no_json_rejects_them_and_exits_1(
     assert code == 1
     assert f"{path}:line 1: rejected:" in one_line(err)
     assert "1 inserted" in out
+
+
+def test_a_database_migrated_by_a_newer_version_says_so(
+    database_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A revision this version does not ship: `db current` exits 1 and `db upgrade` 2, both
+    saying to upgrade noetl-projector (not to run `db upgrade`, which cannot help)."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099_future'")
+    code, out, err = cli(["--database-url", database_url, "db", "current"], capfd)
+    assert code == 1, err
+    assert "current: 0099_future" in out and "upgrade noetl-projector" in out
+    assert "run `projector db upgrade`" not in out
+    code, _, err = cli(["--database-url", database_url, "db", "upgrade"], capfd)
+    line = one_line(err)
+    assert code == 2, line
+    assert "the database is at schema revision '0099_future', which this version" in line
+    assert line.endswith("upgrade noetl-projector")

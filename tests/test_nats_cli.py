@@ -142,3 +142,33 @@ def test_consume_without_a_stream_says_how_to_create_it(
     code = run([*argv, "--subject-prefix", "noetl.*", "--until-empty"])
     assert code == ExitCode.USAGE  # a bad option value
     assert "subject prefix 'noetl.*'" in capsys.readouterr().err
+
+
+async def test_a_drain_that_found_a_conflict_exits_1(
+    nats_url: str, names: Any, database_url: str
+) -> None:
+    """`consume --until-empty`: an event id reused with other content is a conflict (logged, the
+    stored row kept, nothing rejected): exit 1, as `ingest` does; a clean drain exits 0."""
+    import subprocess
+
+    import psycopg
+
+    from projector import NatsEventSink
+    from tests.natsutil import consume_argv, make_events
+
+    first = make_events(2)
+    reused = first[0].model_copy(update={"context": {"other": True}})
+    argv = consume_argv(database_url, nats_url, names, "--until-empty", "--json")
+    for batch, expected in (([*first], 0), ([reused], 1)):
+        async with NatsEventSink(nats_url, stream=names.stream, subject_prefix=names.prefix) as s:
+            await s.emit_many(batch)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+        assert proc.returncode == expected, err.decode()
+        assert summary["rejected"] == 0 and summary["conflicts"] == expected
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT context FROM noetl.event WHERE event_id = 'e0'")
+        assert await cur.fetchall() == [(first[0].context,)]  # the stored row kept

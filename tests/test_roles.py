@@ -345,3 +345,24 @@ def test_a_login_without_the_role_is_told_which_role(
     assert len(err.splitlines()) == 1, err
     assert err.startswith("projector: error: database error: permission denied for "), err
     assert "noetl_reader reads" in err
+
+
+def test_a_login_that_cannot_migrate_is_told_who_can(
+    login: Callable[[str | None], str], server_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`db upgrade` of an empty database as a projector login: PostgreSQL refuses the schema; the
+    line says migrations run as the schema's owner (no role of the list can do them)."""
+    from projector.cli import run
+
+    name = f"t_unmigrated_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = login("noetl_projector").rsplit("/", 1)[0] + "/" + name
+        code = run(["--database-url", url, "db", "upgrade"])
+        err = capfd.readouterr().err.strip()
+        assert code == 3, err
+        assert "permission denied" in err and "run as the schema's owner" in err, err
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

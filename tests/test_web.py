@@ -42,6 +42,9 @@ async def test_the_api_has_the_shapes_of_the_commands(
         for path, argv in [
             ("/api/executions?limit=50", ["executions", "--json", "--limit", "50"]),
             ("/api/executions?status=failed", ["executions", "--json", "--status", "failed"]),
+            # an alias, and blank (no filter), mean the same in both
+            ("/api/executions?status=ok", ["executions", "--json", "--status", "ok"]),
+            ("/api/executions?status=", ["executions", "--json", "--status", ""]),
             ("/api/executions/386072706470612992", ["status", "386072706470612992", "--json"]),
             ("/api/executions/386072706458030080", ["status", "386072706458030080", "--json"]),
             ("/api/executions/demo-failed/history", ["history", "demo-failed", "--json"]),
@@ -107,6 +110,9 @@ async def test_the_pages(aconn: Conn, database_url: str) -> None:
         assert 'data-id="demo-failed"' in page  # the copy button
         status, page = await asyncio.to_thread(get, base + "/?status=FAILED")
         assert "demo-failed" in page and "7288213371283718001" not in page
+        status, page = await asyncio.to_thread(get, base + "/?status=error")  # an alias
+        assert "demo-failed" in page and "7288213371283718001" not in page
+        assert '<option value="FAILED" selected>' in page  # the form shows what it means
         status, page = await asyncio.to_thread(get, base + "/?stalled=10m")
         assert "606790043104968712" in page and "demo-failed" not in page
         status, page = await asyncio.to_thread(
@@ -125,6 +131,12 @@ async def test_the_pages(aconn: Conn, database_url: str) -> None:
             get, base + "/executions/606790043104968712?step=start&type=step.&status=completed"
         )
         assert "1 of 1852 events" in page and "step.exit" in page
+        status, page = await asyncio.to_thread(
+            get,
+            base + "/executions/606790043104968712?status=compleet",  # a typo, not RUNNING
+        )
+        assert status == 400 and "0 of 1852 events" in page
+        assert "status: &#39;compleet&#39; is not a status" in page
         status, page = await asyncio.to_thread(get, base + "/executions/386072706458030080")
         assert page.count("Command failed with exit code: Some(3)") == 2
         status, svg = await asyncio.to_thread(

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "current",
         help="print the database's schema revision and the newest one",
         description="Print the revision the database is at and the newest one this version "
-        "ships (head); exit 1 when the database is behind (run `projector db upgrade`).",
+        "ships (head); exit 1 when the database is not at head: behind or never migrated (run "
+        "`projector db upgrade`), or migrated by a newer version (upgrade noetl-projector).",
     )
     cur.set_defaults(handler=current)
     parts = sub.add_parser(
@@ -106,7 +107,12 @@ async def upgrade(args: argparse.Namespace, db: str) -> int:
 async def current(args: argparse.Namespace, db: str) -> int:
     rev = await asyncio.to_thread(migrate.current, db)
     head = migrate.head()
-    state = "up to date" if rev == head else "run `projector db upgrade`"
+    if rev == head:
+        state = "up to date"
+    elif rev is not None and rev not in migrate.revisions():
+        state = migrate.newer_than_this(rev)
+    else:
+        state = "run `projector db upgrade`"
     print(f"current: {rev or '(none)'}\nhead:    {head}\n{state}")
     return 0 if rev == head else 1
 

@@ -108,7 +108,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--until-empty",
         action="store_true",
         help="exit once the consumer has nothing pending or unacknowledged: 0, or 1 when a "
-        "message was rejected or conflicting (kept in noetl.event_rejected, acknowledged)",
+        "message was rejected (kept in noetl.event_rejected) or conflicting (a reused event id "
+        "with other content: logged, the stored row kept); a signal still exits 0",
     )
     consume.add_argument(
         "--create-stream",
@@ -195,10 +196,11 @@ async def consume_command(args: argparse.Namespace, db: str) -> int:
             stats = await _consume(bridge)
     if args.json:
         print(json.dumps(stats.summary()), flush=True)
-    # A drain (`--until-empty`) reports what `ingest` reports: 1 when anything was rejected or
-    # conflicting (kept and acknowledged, everything valid stored). A service stopped by a signal
-    # exits 0: its rejections are in the log, the metrics and noetl.event_rejected.
-    if args.until_empty and (stats.rejected or stats.conflicts):
+    # A drain (`--until-empty`) that ran until nothing was left reports what `ingest` reports: 1
+    # when anything was rejected or conflicting (acknowledged, everything valid stored). Stopped
+    # by a signal, it exits 0 like the service: its rejections are in the log, the metrics and
+    # noetl.event_rejected.
+    if args.until_empty and not bridge.stopping and (stats.rejected or stats.conflicts):
         return 1
     return 0
 

@@ -126,10 +126,13 @@ def parse_duration(text: str) -> timedelta:
     return total
 
 
-def status(text: str) -> str:
+def status(text: str) -> str | None:
     """An execution status: one of :data:`~projector.fold.STATUSES` or a spelling the status
-    table reads as one (``failed``, ``ok``, ``error``), any case; the canonical status. A word
-    the table does not know is an error, not ``RUNNING`` (what it means in an event)."""
+    table reads as one (``failed``, ``ok``, ``error``), any case; the canonical status. Blank
+    text is no filter (None: ``--status "$S"`` with S empty, as the web's empty ``?status=``);
+    a word the table does not know is an error, not ``RUNNING`` (what it means in an event)."""
+    if not text.strip(" \t\r\n"):
+        return None
     try:
         return status_filter(text)
     except ValueError as exc:

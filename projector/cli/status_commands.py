@@ -301,7 +301,7 @@ async def executions_command(args: argparse.Namespace, db: str) -> int:
     """`projector executions [--status S] [--stalled DURATION] [--limit N] [--json]`."""
     async with await connect(db) as conn:
         rows = await readmodel.executions(
-            conn, status=args.status or None, limit=args.limit, stalled_for=args.stalled
+            conn, status=args.status, limit=args.limit, stalled_for=args.stalled
         )
     if args.json:
         _print_json([jsonable(r) for r in rows])

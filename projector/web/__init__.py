@@ -61,7 +61,7 @@ from .. import timeline_render as render
 from ..cli.options import parse_duration
 from ..cli.safe import escape
 from ..errors import UnknownExecution
-from ..fold import STATUSES, normalize_status, status_filter
+from ..fold import STATUSES, status_filter
 from ..hosts import LOOPBACK_NAMES, allowed_hosts
 from ..readmodel import jsonable
 from ..timeouts import PROJECTION_KWARGS
@@ -283,7 +283,10 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
             return page("executions.html", 400, rows=[], filters=_given(request), error=str(exc))
         async with pool.connection() as conn:
             rows = await readmodel.executions(conn, **values)
-        return page("executions.html", rows=rows, filters=given, error=None)
+        # the form shows the status the word means (`ok` selects COMPLETED)
+        return page(
+            "executions.html", rows=rows, filters={**given, "status": values["status"]}, error=None
+        )
 
     async def execution_page(request: Request) -> Response:
         tl = await load(request)
@@ -293,19 +296,26 @@ def create_app(url: str, *, pool_size: int = 4, hosts: Sequence[str] = LOOPBACK_
             events = await readmodel.history(conn, tl.execution.execution_id)
         total = len(events)
         step_names = sorted({e.step for e in events if e.step})
+        error = None
         if filters["step"] is not None:
             events = [e for e in events if e.step == filters["step"]]
         if filters["type"] is not None:
             events = [e for e in events if filters["type"] in e.event_type]
         if filters["status"] is not None:
-            wanted = normalize_status(filters["status"], "")
-            events = [e for e in events if e.normalized_status == wanted]
+            try:  # the words of the executions filter; a typo is not RUNNING
+                filters["status"] = status_filter(filters["status"])
+            except ValueError as exc:
+                error, events = f"status: {exc}", []
+            else:
+                events = [e for e in events if e.normalized_status == filters["status"]]
         return page(
             "execution.html",
+            400 if error else 200,
             events=events,
             total_events=total,
             filters=filters,
             step_names=step_names,
+            error=error,
             **live_context(tl),
         )
 
