@@ -249,6 +249,10 @@ BAD_VALUES = [
     (["nats", "init", "--max-age", "-1"], "--max-age: must be 0 seconds or more, not -1"),
     (["nats", "init", "--duplicate-window", "0"], "--duplicate-window: must be more than 0"),
     (["nats", "init", "--max-bytes", "0"], "--max-bytes: must be at least 1, or -1 for no limit"),
+    # JetStream durations travel in whole nanoseconds: 0 ns would mean its default / no limit
+    (["consume", "--ack-wait", "1e-10"], "--ack-wait: must be at least 1 ns (1e-09 seconds)"),
+    (["nats", "init", "--max-age", "1e-10"], "--max-age: must be 0 or at least 1 ns"),
+    (["nats", "init", "--duplicate-window", "1e-10"], "--duplicate-window: must be at least 1 ns"),
     (["nats", "init", "--max-bytes", "-2"], "--max-bytes: must be at least 1, or -1 for no limit"),
 ]
 

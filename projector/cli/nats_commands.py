@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     consume.add_argument(
         "--ack-wait",
-        type=options.seconds,
+        type=options.jetstream_seconds,
         metavar="SECONDS",
         default=30.0,
         help="seconds before an unacknowledged message is redelivered; used when this bridge "
@@ -132,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_nats_options(init, config)
     init.add_argument(
         "--max-age",
-        type=options.seconds_or_zero,
+        type=options.jetstream_seconds_or_zero,
         metavar="SECONDS",
         default=_DEFAULT_LIMITS.max_age,
         help="seconds an unconsumed event is kept, 0 for no limit (default 604800, 7 days)",
@@ -146,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     init.add_argument(
         "--duplicate-window",
-        type=options.seconds,
+        type=options.jetstream_seconds,
         metavar="SECONDS",
         default=_DEFAULT_LIMITS.duplicate_window,
         help="seconds JetStream drops re-published event ids (default 120)",

@@ -17,6 +17,8 @@ __all__ = [
     "address",
     "age",
     "duration",
+    "jetstream_seconds",
+    "jetstream_seconds_or_zero",
     "limit_or_none",
     "non_negative_int",
     "parse_duration",
@@ -78,6 +80,24 @@ def seconds_or_zero(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be 0 seconds or more, not {text}")
+    return value
+
+
+def jetstream_seconds(text: str) -> float:
+    """:func:`seconds` for a JetStream duration, which travels in whole nanoseconds: a value
+    that rounds to 0 ns (1e-10) would mean JetStream's default, so it is refused."""
+    value = seconds(text)
+    if int(value * 1e9) == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1 ns (1e-09 seconds), not {text}")
+    return value
+
+
+def jetstream_seconds_or_zero(text: str) -> float:
+    """:func:`seconds_or_zero` for a JetStream duration: 0 is no limit; a value that rounds to
+    0 ns but is not 0 is refused (it would silently mean no limit too)."""
+    value = seconds_or_zero(text)
+    if value and int(value * 1e9) == 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or at least 1 ns (1e-09 seconds), not {text}")
     return value
 
 

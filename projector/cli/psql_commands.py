@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         usage="projector [global options] psql [PSQL ARGUMENTS ...]",
         description="Run psql on the database: --database-url / PROJECTOR_DATABASE_URL, or the "
         "embedded PostgreSQL, which stays up while psql runs. Every argument after `psql` goes "
-        "to psql (so global options come before it); the exit status is psql's. The embedded "
+        "to psql (so global options come before it); the exit status is psql's once it runs "
+        "(before it starts: 2 usage, 3 database unavailable, as every command). The embedded "
         "server's own psql is used for it when installed, else the one on PATH.",
         epilog="example: projector psql -c 'SELECT count(*) FROM noetl.event'",
     )
