@@ -72,7 +72,8 @@ def upgrade(url: str, revision: str = "head", *, connect_timeout: float | None =
 
     What alembic cannot do (a revision it cannot find, such as a typo or one newer than this
     version, or ``+1`` at head) raises :class:`~projector.errors.ConfigurationError` with its
-    reason and the revisions this version ships.
+    reason and the revisions this version ships; a database that a newer version migrated
+    raises one saying so (:func:`newer_than_this`).
     """
     try:
         _run(url, connect_timeout, "upgrade", revision)
