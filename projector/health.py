@@ -103,6 +103,10 @@ async def schema_problem(conn: AsyncConn, head: str) -> str | None:
     row = await cur.fetchone()
     current = row[0] if row is not None else None
     if current != head:
+        from . import migrate  # alembic, only for this message
+
+        if current is not None and current not in migrate.revisions():
+            return migrate.newer_than_this(current)
         return f"the schema is at revision {current}, not {head} (run `projector db upgrade`)"
     return None
 

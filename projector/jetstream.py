@@ -253,8 +253,8 @@ _NEXT_SERVER = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 def servers(url: str) -> list[str]:
     """The server URLs of `url`: one, or several separated by commas, each with its scheme
     (the nodes of a cluster, ``nats://a:4222,nats://b:4222``), as nats-py's ``servers=`` takes
-    them: schemes in lower case. A comma not followed by a scheme belongs to the URL it is in
-    (e.g. its password).
+    them: schemes in lower case, ``nats://`` before a server given without one. A comma not
+    followed by a scheme belongs to the URL it is in (e.g. its password).
 
     Raises :class:`~projector.errors.ConfigurationError` for a scheme nats-py does not connect
     with (``http://``), or a list that mixes WebSocket and plain servers (it cannot), before any
@@ -265,11 +265,12 @@ def servers(url: str) -> list[str]:
     listed: list[str] = []
     for server in found:
         scheme, sep, rest = server.partition("://")
-        if not sep:  # nats-py reads nats://
-            listed.append(server)
+        if not sep:  # what nats-py reads it as (and redact() then knows its credentials)
+            listed.append(f"nats://{server}")
             continue
         if scheme.lower() not in _SCHEMES:
-            shown = f"{scheme}://{rest.rpartition('@')[2]}"  # no user, token or password
+            host = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+            shown = f"{scheme}://{host}"  # no user, token, password, path or query
             raise ConfigurationError(
                 f"{shown!r} is not a NATS server URL: give nats://HOST:PORT "
                 "(or tls://, ws://, wss://)"
@@ -297,7 +298,9 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
             return f"no answer within {connect_timeout:g} s"
         return str(exc) or type(exc).__name__
 
-    shown = redact(remember(url))  # messages name the server, never its credentials
+    listed = servers(url)  # a URL that is not NATS's: a usage error, before any connection
+    # messages name the servers, never their credentials (a bare user:pw@host included)
+    shown = redact(remember(",".join(listed)))
     first_errors: list[Exception] = []  # the first connection's tries, before it succeeded
 
     async def _log_error(exc: Exception) -> None:
@@ -311,7 +314,6 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Any:
         if client and not client[0].is_closed:  # closing on purpose also "disconnects"
             log.warning("NATS connection to %s lost; reconnecting", shown)
 
-    listed = servers(url)  # a URL that is not NATS's: a usage error, before any connection
     try:
         nc = await nats.connect(
             servers=listed,

@@ -21,7 +21,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, pool
 
 from .database import CONNECT_KWARGS, sqlalchemy_url, with_connect_timeout
-from .errors import ConfigurationError, translating
+from .errors import ConfigurationError, ProjectorError, translating
 from .settings import settings
 
 __all__ = [
@@ -73,14 +73,14 @@ def upgrade(url: str, revision: str = "head", *, connect_timeout: float | None =
     What alembic cannot do (a revision it cannot find, such as a typo or one newer than this
     version, or ``+1`` at head) raises :class:`~projector.errors.ConfigurationError` with its
     reason and the revisions this version ships; a database that a newer version migrated
-    raises one saying so (:func:`newer_than_this`).
+    raises a :class:`~projector.errors.ProjectorError` saying so (:func:`newer_than_this`).
     """
     try:
         _run(url, connect_timeout, "upgrade", revision)
     except CommandError as exc:
         at = current(url, connect_timeout=connect_timeout)
         if at is not None and at not in revisions():
-            raise ConfigurationError(newer_than_this(at)) from exc
+            raise ProjectorError(newer_than_this(at)) from exc  # exit 3: not the arguments
         known = ", ".join(revisions())
         raise ConfigurationError(
             f"cannot migrate to {revision!r}: {exc} (this version's revisions: {known})"

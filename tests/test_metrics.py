@@ -178,6 +178,13 @@ async def test_project_counts_what_it_projects_and_readyz_follows_lag_and_schema
         assert "revision 0004" in json.loads(body)["reason"] and "\n" not in body.rstrip("\n")
         await set_revision(aconn, migrate.head())
         assert (await readyz_after(base, 200))[0] == 200
+        # migrated by a newer version (a rolling deploy): not "run `projector db upgrade`"
+        await set_revision(aconn, "0099_future")
+        status, body = await readyz_after(base, 503)
+        reason = json.loads(body)["reason"]
+        assert "'0099_future'" in reason and reason.endswith("upgrade noetl-projector"), reason
+        await set_revision(aconn, migrate.head())
+        assert (await readyz_after(base, 200))[0] == 200
         assert (await get(base + "/nope"))[0] == 404
 
 

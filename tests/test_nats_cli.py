@@ -172,3 +172,15 @@ async def test_a_drain_that_found_a_conflict_exits_1(
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute("SELECT context FROM noetl.event WHERE event_id = 'e0'")
         assert await cur.fetchall() == [(first[0].context,)]  # the stored row kept
+
+
+def test_a_server_without_a_scheme_never_shows_its_credentials(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`user:password@host:port` and `token@host:port` without `nats://` (nats-py reads them as
+    nats://): the error names the server with its credentials masked."""
+    for url in (f"u:s3cr3tpw@127.0.0.1:{_free_port()}", f"s3cr3tpw@127.0.0.1:{_free_port()}"):
+        code = run(["nats", "init", "--nats-url", url])
+        err = capsys.readouterr().err
+        assert code == ExitCode.ENVIRONMENT, err
+        assert "s3cr3tpw" not in err and "could not connect to NATS at nats://" in err, err

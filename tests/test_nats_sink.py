@@ -276,12 +276,12 @@ def test_a_nats_url_may_name_several_servers() -> None:
     # nats-py reads schemes in lower case only (NATS:// would be host "nats", port 4222)
     assert servers("WSS://a:443,wss://b:443") == ["wss://a:443", "wss://b:443"]
     assert servers("NATS://u:Pw@a:4222") == ["nats://u:Pw@a:4222"]
-    assert servers("127.0.0.1:4222") == ["127.0.0.1:4222"]  # nats-py reads nats://
+    assert servers("127.0.0.1:4222") == ["nats://127.0.0.1:4222"]  # as nats-py reads it
     # Another scheme, or a list of both kinds, is a usage error before any connection (or name
     # lookup) is tried; the message shows no user, token or password.
     with pytest.raises(ConfigurationError, match=r"'http://a:4222' is not a NATS server URL"):
         servers("nats://b:4222,http://a:4222")
-    for url in ("https://u:secret@a:4222", "http://secret@a:4222"):
+    for url in ("https://u:secret@a:4222", "http://secret@a:4222", "http://a:4222/?token=secret"):
         with pytest.raises(ConfigurationError) as raised:
             servers(url)
         assert "secret" not in str(raised.value) and "a:4222" in str(raised.value)

@@ -37,7 +37,8 @@ def _add_nats_options(parser: argparse.ArgumentParser, config: Settings) -> None
         "--nats-url",
         default=config.nats_url,
         # The default as --help shows it: a password in PROJECTOR_NATS_URL stays out of it.
-        help="NATS server, or several separated by commas (a cluster's nodes) (env "
+        help="NATS server, or several separated by commas, each with its scheme (a cluster's "
+        "nodes: nats://a:4222,nats://b:4222) (env "
         "PROJECTOR_NATS_URL; default " + redact(config.nats_url).replace("%", "%%") + ")",
     )
     parser.add_argument(

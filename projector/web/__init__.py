@@ -100,7 +100,8 @@ def _instant(name: str, value: str) -> datetime:
 def _given(request: Request) -> dict[str, str | None]:
     """The executions filters as given (for the form)."""
     q = request.query_params
-    given = {k: q.get(k) or None for k in ("status", "stalled", "since", "until")}
+    # blank is no filter (as `projector executions --status ""`)
+    given = {k: (q.get(k) or "").strip() or None for k in ("status", "stalled", "since", "until")}
     given["limit"] = q.get("limit") or "50"
     return given
 
