@@ -101,8 +101,8 @@ _EXIT_HELP = (
     "Exit status: 0 ok, 1 rejected/conflicting data (ingest, consume --until-empty), unknown "
     "execution, or a check that did not pass (db current not at head, nats init finding the "
     "stream configured otherwise, retention refusing a month not projected yet), 2 usage, 3 "
-    "database (or NATS) unavailable, schema missing or a privilege the login lacks, 70 internal "
-    "error, 130 interrupted."
+    "database (or NATS) unavailable, schema missing or newer than this version, or a privilege "
+    "the login lacks, 70 internal error, 130 interrupted."
 )
 
 
