@@ -131,3 +131,26 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     assert code == 0, err
     assert await stored(aconn) == (total, total)
     assert summary["stored"] == total - by_victim
+
+
+async def test_a_drain_stopped_by_a_signal_exits_zero_after_a_rejection(
+    nats_url: str, names: Names, database_url: str, aconn: Conn, js: Any
+) -> None:
+    """`consume --until-empty` that rejected a message but was stopped by SIGTERM before the
+    stream was empty exits 0, as the service does (1 is for a drain that ran to the end)."""
+    await js.publish(f"{names.prefix}.x", b'{"not": "an envelope"}')  # rejected, first in line
+    await publish(nats_url, names, make_events(60000))  # seconds of work in batches of 50
+    argv = consume_argv(database_url, nats_url, names, "--batch", "50", "--until-empty", "--json")
+    async with bridge_process(argv) as proc:
+
+        async def rejected() -> bool:
+            cur = await aconn.execute("SELECT count(*) FROM noetl.event_rejected")
+            row = await cur.fetchone()
+            return row is not None and row[0] == 1
+
+        await wait_for(rejected, "the bridge to reject the first message", limit=BOUND)
+        proc.send_signal(signal.SIGTERM)
+        code, summary, err = await finish(proc)
+    assert summary["rejected"] == 1, err
+    assert summary["stored"] < 60000, summary  # stopped, not drained
+    assert code == 0, err
