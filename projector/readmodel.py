@@ -22,7 +22,7 @@ import psycopg
 from psycopg.rows import class_row, scalar_row
 
 from .errors import UnknownExecution, translating
-from .fold import ExecutionState, StepState, normalize_status
+from .fold import ExecutionState, StepState, status_filter
 from .queries import query
 
 __all__ = [
@@ -171,7 +171,9 @@ async def executions(
     until: datetime | None = None,
 ) -> list[ExecutionStatus]:
     """At most `limit` executions, newest (``started_at``) first, only those in `status` when
-    given (normalised like an event's: ``failed`` and ``error`` mean ``FAILED``), with
+    given (any case, or a spelling the status table reads as one: ``ok`` means ``COMPLETED``,
+    ``error`` ``FAILED``; a word it does not know raises ValueError, see
+    :func:`projector.fold.status_filter`), with
     `stalled_for` only the executions that are not terminal and whose ``last_progress_at`` is
     older than that, and with `since` / `until` only those that started at or after `since`
     and before `until`.
@@ -183,7 +185,7 @@ async def executions(
         raise ValueError("limit must be at least 1")
     if stalled_for is not None and stalled_for <= timedelta(0):
         raise ValueError("stalled_for must be more than 0")
-    wanted = normalize_status(status, "") if status is not None else None
+    wanted = status_filter(status) if status is not None else None
     params: dict[str, object] = {"status": wanted, "limit": limit, "stalled": stalled_for}
     if since is None and until is None:
         return await _fetch(conn, ExecutionStatus, query("readmodel.executions"), params)

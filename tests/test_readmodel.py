@@ -126,6 +126,9 @@ async def test_executions_newest_first_normalised_status_and_limit(
     assert await between(since=new_start, until=new_start) == []
     with pytest.raises(ValueError, match="limit"):
         await readmodel.executions(aconn, limit=0)
+    # a typo is refused, as by the command and the web view (in an event it would mean RUNNING)
+    with pytest.raises(ValueError, match="'bogus' is not a status"):
+        await readmodel.executions(aconn, status="bogus")
 
 
 async def test_any_row_factory_and_jsonable(database_url: str) -> None:

@@ -84,35 +84,31 @@ def seconds_or_zero(text: str) -> float:
 
 
 def jetstream_seconds(text: str) -> float:
-    """:func:`seconds` for a JetStream duration, which travels in whole nanoseconds: a value
-    that rounds to 0 ns (1e-10) would mean JetStream's default, so it is refused."""
-    value = seconds(text)
-    if value * 1e9 < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 ns (1e-09 seconds), not {text}")
-    _jetstream_range(value, text)
-    return value
+    """:func:`seconds` for a JetStream duration (see :func:`_jetstream`)."""
+    return _jetstream(seconds(text), text, zero="")
 
 
 def jetstream_seconds_or_zero(text: str) -> float:
-    """:func:`seconds_or_zero` for a JetStream duration: 0 is no limit; a value that rounds to
-    0 ns but is not 0 is refused (it would silently mean no limit too)."""
-    value = seconds_or_zero(text)
-    if value and value * 1e9 < 1:
-        raise argparse.ArgumentTypeError(f"must be 0 or at least 1 ns (1e-09 seconds), not {text}")
-    _jetstream_range(value, text)
-    return value
+    """:func:`seconds_or_zero` for a JetStream duration: 0 is no limit (see :func:`_jetstream`)."""
+    return _jetstream(seconds_or_zero(text), text, zero="0 or ")
 
 
 #: The longest JetStream duration: a signed 64-bit count of nanoseconds (about 292 years).
 _JETSTREAM_MAX_SECONDS = (2**63 - 1) / 1e9
 
 
-def _jetstream_range(value: float, text: str) -> None:
+def _jetstream(value: float, text: str, *, zero: str) -> float:
+    """`value` if JetStream can hold it: it travels in whole nanoseconds, so a value that is not
+    0 but rounds to 0 ns (1e-10) would silently mean JetStream's default or no limit, and one
+    past 2^63 ns is refused by the server. `zero` words the error for options that take 0."""
+    if value and value * 1e9 < 1:
+        raise argparse.ArgumentTypeError(f"must be {zero}at least 1 ns (1e-09 seconds), not {text}")
     if value > _JETSTREAM_MAX_SECONDS:
         raise argparse.ArgumentTypeError(
             f"must be at most {_JETSTREAM_MAX_SECONDS:.0f} seconds (JetStream counts "
             f"nanoseconds in 64 bits), not {text}"
         )
+    return value
 
 
 def address(text: str) -> tuple[str, int]:

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import readmodel
-from ..fold import TERMINAL
+from ..fold import STATUSES, TERMINAL
 from ..projection import connect
 from ..readmodel import ExecutionStatus, StatusView, StepStatus, jsonable
 from . import options
@@ -351,8 +351,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--status",
         type=options.status,
         default=None,
-        help="only executions with this status: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED "
-        "or SKIPPED, any case (also a spelling that means one, such as ok or error)",
+        help=f"only executions with this status: {', '.join(STATUSES)}, any case (also a "
+        "spelling that means one, such as ok or error)",
     )
     p.add_argument(
         "--stalled",
